@@ -1,0 +1,64 @@
+# freshrag: `make run` sets everything up and starts the main job; `make test` runs the checks.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+RUN_DIR := .run
+KAFKA_PORT ?= 9092
+LLM_PORT ?= 8081
+API_PORT ?= 8000
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: run test stop venv setup services lint typecheck unit integration bench clean help
+
+help:
+	@echo "make run    set up (venv, Kafka jars, LLM server) and start the main job"
+	@echo "make test   set up, then ruff + mypy + pytest (starts its own Kafka and LLM)"
+	@echo "make stop   stop everything 'make run' started"
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+setup: venv
+	infra/kafka/kafka.sh fetch
+	infra/llm/llm.sh setup
+
+services: setup
+	infra/kafka/kafka.sh start --port $(KAFKA_PORT) --dir $(RUN_DIR)/kafka
+	infra/llm/llm.sh start --port $(LLM_PORT) --dir $(RUN_DIR)/llm
+
+run: services
+	@FRESHRAG_KAFKA_BOOTSTRAP=127.0.0.1:$(KAFKA_PORT) \
+	 FRESHRAG_OPENAI_BASE_URL=http://127.0.0.1:$(LLM_PORT)/v1 \
+	 RUN_DIR=$(RUN_DIR) API_PORT=$(API_PORT) infra/run.sh start
+
+stop:
+	-@RUN_DIR=$(RUN_DIR) infra/run.sh stop
+	-@infra/llm/llm.sh stop --dir $(RUN_DIR)/llm
+	-@infra/kafka/kafka.sh stop --dir $(RUN_DIR)/kafka
+
+lint: venv
+	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff format --check src tests
+
+typecheck: venv
+	$(VENV)/bin/mypy
+
+unit: venv
+	$(PY) -m pytest tests/unit -q
+
+test: setup lint typecheck
+	$(PY) -m pytest tests -q --junitxml=$(RUN_DIR)/pytest.xml
+
+bench: setup
+	$(PY) -m benchmarks.search_latency
+
+clean: stop
+	rm -rf $(RUN_DIR)

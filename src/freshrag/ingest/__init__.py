@@ -1,0 +1,1 @@
+"""Change events, chunking, the Bytewax flow and the loader."""

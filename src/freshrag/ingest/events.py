@@ -1,0 +1,360 @@
+"""Parse Kafka change events into Upsert/Delete, or a DeadLetter value (pure, never raises).
+
+Formats: the native JSON event, Debezium envelopes (with or without the schema/payload wrapper),
+and tombstones (null value = delete by key). See DESIGN.md "Change events".
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+DEFAULT_TENANT = "default"
+TENANT_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+MAX_ID_LENGTH = 512
+MAX_TITLE_LENGTH = 2_000
+
+
+@dataclass(frozen=True, slots=True)
+class RecordOrigin:
+    """Where a record came from, carried to the DLQ headers and the freshness metric."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class RawRecord:
+    key: bytes | None
+    value: bytes | None
+    origin: RecordOrigin
+
+
+@dataclass(frozen=True, slots=True)
+class Upsert:
+    tenant: str
+    doc_id: str
+    version: int
+    title: str
+    text: str
+    updated_at: datetime
+    origin: RecordOrigin
+    url: str | None = None
+    source: str | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    # The original record, so a later step can still dead-letter the exact bytes.
+    raw: RawRecord | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def doc_key(self) -> str:
+        return f"{self.tenant}/{self.doc_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    tenant: str
+    doc_id: str
+    version: int
+    origin: RecordOrigin
+
+    @property
+    def doc_key(self) -> str:
+        return f"{self.tenant}/{self.doc_id}"
+
+
+ChangeEvent = Upsert | Delete
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A record that could not be processed: the original bytes plus why and where."""
+
+    key: bytes | None
+    value: bytes | None
+    origin: RecordOrigin
+    error_class: str
+    message: str
+    step: str
+
+    def headers(self) -> list[tuple[str, bytes]]:
+        return [
+            ("freshrag.error.class", self.error_class.encode()),
+            ("freshrag.error.message", self.message[:2000].encode()),
+            ("freshrag.error.step", self.step.encode()),
+            ("freshrag.source.topic", self.origin.topic.encode()),
+            ("freshrag.source.partition", str(self.origin.partition).encode()),
+            ("freshrag.source.offset", str(self.origin.offset).encode()),
+        ]
+
+
+@dataclass(frozen=True, slots=True)
+class DebeziumMapping:
+    """Which row columns of a Debezium `after`/`before` image become which document fields."""
+
+    id_field: str = "id"
+    text_field: str = "text"
+    title_field: str | None = "title"
+    url_field: str | None = "url"
+    updated_at_field: str | None = "updated_at"
+    tenant_field: str | None = "tenant"
+    version_field: str | None = None
+    metadata_fields: Sequence[str] | None = None  # None: every other column
+    source: str = "debezium"
+
+
+@dataclass(frozen=True, slots=True)
+class EventLimits:
+    max_document_bytes: int = 1_000_000
+
+
+class EventError(ValueError):
+    def __init__(self, error_class: str, message: str) -> None:
+        super().__init__(message)
+        self.error_class = error_class
+
+
+STEP = "parse"
+
+
+def parse_record(
+    record: RawRecord,
+    limits: EventLimits | None = None,
+    mapping: DebeziumMapping | None = None,
+) -> ChangeEvent | DeadLetter:
+    """Turn one Kafka record into a change event, or a DeadLetter naming what is wrong."""
+    try:
+        return _parse(record, limits or EventLimits(), mapping or DebeziumMapping())
+    except EventError as exc:
+        return _dead(record, exc.error_class, str(exc))
+    except Exception as exc:  # a bug must not stop the flow; the record goes to the DLQ
+        return _dead(record, type(exc).__name__, f"unexpected error: {exc}")
+
+
+def _dead(record: RawRecord, error_class: str, message: str) -> DeadLetter:
+    return DeadLetter(record.key, record.value, record.origin, error_class, message, STEP)
+
+
+def _parse(record: RawRecord, limits: EventLimits, mapping: DebeziumMapping) -> ChangeEvent:
+    if record.value is None:
+        return _tombstone(record, mapping)
+    if len(record.value) > limits.max_document_bytes:
+        raise EventError(
+            "DocumentTooLarge",
+            f"event is {len(record.value)} bytes, over the {limits.max_document_bytes}-byte limit",
+        )
+    try:
+        text = record.value.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise EventError("InvalidEncoding", f"value is not UTF-8: {exc.reason} at byte {exc.start}")
+    try:
+        body = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise EventError("InvalidJSON", f"value is not JSON: {exc.msg} at char {exc.pos}")
+    if not isinstance(body, dict):
+        raise EventError("WrongType", f"event must be a JSON object, got {_kind(body)}")
+    envelope = _debezium_envelope(body)
+    if envelope is not None:
+        return _from_debezium(envelope, record, mapping)
+    return _from_native(body, record)
+
+
+def _kind(value: Any) -> str:
+    return {
+        dict: "object",
+        list: "array",
+        str: "string",
+        bool: "boolean",
+        int: "integer",
+        float: "number",
+    }.get(type(value), "null" if value is None else type(value).__name__)
+
+
+def _from_native(body: dict[str, Any], record: RawRecord) -> ChangeEvent:
+    op = body.get("op")
+    if op is None:
+        raise EventError("MissingField", "field 'op' is required ('upsert' or 'delete')")
+    if op not in ("upsert", "delete"):
+        raise EventError("UnknownOp", f"field 'op' must be 'upsert' or 'delete', got {op!r}")
+    doc_id = _doc_id(body.get("id"), "id", allow_int=False)
+    tenant = _tenant(body.get("tenant"))
+    version = _version(body.get("version"), record)
+    if op == "delete":
+        return Delete(tenant, doc_id, version, record.origin)
+    return Upsert(
+        tenant=tenant,
+        doc_id=doc_id,
+        version=version,
+        title=_optional_str(body.get("title"), "title", MAX_TITLE_LENGTH) or "",
+        text=_text(body.get("text"), "text"),
+        updated_at=_updated_at(body.get("updated_at"), record),
+        origin=record.origin,
+        url=_optional_str(body.get("url"), "url", 4096),
+        source=_optional_str(body.get("source"), "source", 256),
+        metadata=_metadata(body.get("metadata")),
+        raw=record,
+    )
+
+
+def _debezium_envelope(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The Debezium change payload, unwrapping the JSON-converter schema/payload wrapper."""
+    if "payload" in body and isinstance(body.get("payload"), dict) and "schema" in body:
+        body = body["payload"]
+    if body.get("op") in ("c", "r", "u", "d") and ("after" in body or "before" in body):
+        return body
+    return None
+
+
+def _from_debezium(env: dict[str, Any], record: RawRecord, m: DebeziumMapping) -> ChangeEvent:
+    op = env["op"]
+    row = env.get("before") if op == "d" else env.get("after")
+    image = "before" if op == "d" else "after"
+    if not isinstance(row, dict):
+        raise EventError("MissingField", f"Debezium op '{op}' needs a row in '{image}'")
+    doc_id = _doc_id(row.get(m.id_field), f"{image}.{m.id_field}", allow_int=True)
+    tenant = _tenant(row.get(m.tenant_field) if m.tenant_field else None)
+    raw_version = row.get(m.version_field) if m.version_field else None
+    version = _version(raw_version, record)
+    if op == "d":
+        return Delete(tenant, doc_id, version, record.origin)
+    used = {m.id_field, m.text_field, m.title_field, m.url_field, m.updated_at_field}
+    used |= {m.tenant_field, m.version_field}
+    if m.metadata_fields is None:
+        meta_src = {k: v for k, v in row.items() if k not in used and v is not None}
+    else:
+        meta_src = {k: row[k] for k in m.metadata_fields if row.get(k) is not None}
+    return Upsert(
+        tenant=tenant,
+        doc_id=doc_id,
+        version=version,
+        title=_optional_str(row.get(m.title_field) if m.title_field else None, "title", 2000)
+        or "",
+        text=_text(row.get(m.text_field), f"{image}.{m.text_field}"),
+        updated_at=_updated_at(row.get(m.updated_at_field) if m.updated_at_field else None, record),
+        origin=record.origin,
+        url=_optional_str(row.get(m.url_field) if m.url_field else None, "url", 4096),
+        source=m.source,
+        metadata=_metadata({k: v for k, v in meta_src.items() if _scalar(v)}),
+        raw=record,
+    )
+
+
+def _tombstone(record: RawRecord, m: DebeziumMapping) -> Delete:
+    """A null value deletes by key: a plain id, or a JSON key such as Debezium's {"id": 42}."""
+    if not record.key:
+        raise EventError("MissingKey", "tombstone (null value) without a key cannot name a document")
+    try:
+        key_text = record.key.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise EventError("InvalidEncoding", f"key is not UTF-8: {exc.reason}")
+    tenant = DEFAULT_TENANT
+    doc_id: str = key_text
+    if key_text.startswith("{"):
+        try:
+            key = json.loads(key_text)
+        except json.JSONDecodeError as exc:
+            raise EventError("InvalidJSON", f"tombstone key is not JSON: {exc.msg}")
+        if isinstance(key, dict) and isinstance(key.get("payload"), dict):
+            key = key["payload"]
+        if not isinstance(key, dict):
+            raise EventError("WrongType", "tombstone key must be a JSON object or a plain id")
+        doc_id = _doc_id(key.get(m.id_field, key.get("id")), "key.id", allow_int=True)
+        tenant = _tenant(key.get(m.tenant_field) if m.tenant_field else None)
+    else:
+        doc_id = _doc_id(key_text, "key", allow_int=False)
+    return Delete(tenant, doc_id, record.origin.timestamp_ms, record.origin)
+
+
+def _doc_id(value: Any, name: str, *, allow_int: bool) -> str:
+    if value is None:
+        raise EventError("MissingField", f"field '{name}' (document id) is required")
+    if allow_int and isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str):
+        raise EventError("WrongType", f"field '{name}' must be a string, got {_kind(value)}")
+    if not value.strip():
+        raise EventError("MissingField", f"field '{name}' (document id) is empty")
+    if len(value) > MAX_ID_LENGTH:
+        raise EventError("WrongType", f"field '{name}' is longer than {MAX_ID_LENGTH} characters")
+    return value
+
+
+def _tenant(value: Any) -> str:
+    if value is None:
+        return DEFAULT_TENANT
+    if not isinstance(value, str):
+        raise EventError("WrongType", f"field 'tenant' must be a string, got {_kind(value)}")
+    if not TENANT_PATTERN.match(value):
+        raise EventError("InvalidTenant", "field 'tenant' must match [A-Za-z0-9_.-]{1,64}")
+    return value
+
+
+def _version(value: Any, record: RawRecord) -> int:
+    if value is None:
+        return record.origin.timestamp_ms
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise EventError("WrongType", f"field 'version' must be an integer, got {_kind(value)}")
+    if value < 0:
+        raise EventError("WrongType", "field 'version' must be >= 0")
+    return value
+
+
+def _text(value: Any, name: str) -> str:
+    if value is None:
+        raise EventError("MissingField", f"field '{name}' is required for an upsert")
+    if not isinstance(value, str):
+        raise EventError("WrongType", f"field '{name}' must be a string, got {_kind(value)}")
+    if not value.strip():
+        raise EventError("EmptyText", f"field '{name}' is empty; send a delete to remove a document")
+    return value
+
+
+def _optional_str(value: Any, name: str, max_len: int) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise EventError("WrongType", f"field '{name}' must be a string, got {_kind(value)}")
+    if len(value) > max_len:
+        raise EventError("WrongType", f"field '{name}' is longer than {max_len} characters")
+    return value
+
+
+def _updated_at(value: Any, record: RawRecord) -> datetime:
+    if value is None:
+        return datetime.fromtimestamp(record.origin.timestamp_ms / 1000, tz=UTC)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        # Debezium encodes timestamps as epoch millis (or micros for MicroTimestamp).
+        seconds = value / 1_000_000 if value > 10**14 else value / 1000
+        return datetime.fromtimestamp(seconds, tz=UTC)
+    if not isinstance(value, str):
+        raise EventError("WrongType", f"field 'updated_at' must be an ISO 8601 string, got {_kind(value)}")
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise EventError("InvalidTimestamp", f"field 'updated_at' is not ISO 8601: {value[:64]!r}")
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _scalar(value: Any) -> bool:
+    if isinstance(value, str | int | float | bool):
+        return True
+    return isinstance(value, list) and all(isinstance(v, str | int | float | bool) for v in value)
+
+
+def _metadata(value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise EventError("WrongType", f"field 'metadata' must be an object, got {_kind(value)}")
+    for key, item in value.items():
+        if not _scalar(item):
+            raise EventError(
+                "WrongType",
+                f"metadata '{key}' must be a string, number, boolean or a list of them",
+            )
+    return dict(value)

@@ -1,0 +1,50 @@
+"""Prometheus metrics of the ingest flow, bound to a registry passed in (no module globals)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class IngestMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.events = Counter(
+            "freshrag_ingest_events",
+            "Change events by op and outcome (applied, stale, skipped_indexed, dead_letter)",
+            ["op", "outcome"],
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            "freshrag_ingest_dead_letters",
+            "Records sent to the dead-letter topic, by error class and step",
+            ["error_class", "step"],
+            registry=r,
+        )
+        self.chunks_written = Counter(
+            "freshrag_ingest_chunks_written", "Chunks upserted into the index", registry=r
+        )
+        self.embed_batch_size = Histogram(
+            "freshrag_ingest_embed_batch_chunks",
+            "Chunks per embedding batch",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+            registry=r,
+        )
+        self.embed_latency = Histogram(
+            "freshrag_ingest_embed_seconds",
+            "Embedding latency per batch",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
+            registry=r,
+        )
+        self.freshness_lag = Histogram(
+            "freshrag_ingest_freshness_lag_seconds",
+            "Kafka event timestamp -> written to the index",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 3600),
+            registry=r,
+        )
+        self.watermark = Gauge(
+            "freshrag_ingest_indexed_offset",
+            "Next offset to index per source partition (everything below is in the index)",
+            ["topic", "partition"],
+            registry=r,
+        )

@@ -1,0 +1,1 @@
+"""Index contract, store backends, hybrid search, ranking and evaluation."""

@@ -1,0 +1,153 @@
+"""The index contract shared by every writer and reader of the Qdrant collection (pure).
+
+One point per chunk; its ID is uuid5 of `tenant/doc_id#chunk_index`, so replays are idempotent.
+The payload (doc_id + version) is the source of truth: there is no side tracking store.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol, runtime_checkable
+
+DENSE_VECTOR = "dense"
+SPARSE_VECTOR = "bm25"
+DENSE_DIM = 384
+DEFAULT_COLLECTION = "freshrag"
+
+# Fixed namespace so every process derives the same point IDs.
+POINT_NAMESPACE = uuid.UUID("6f1c3b0e-5a8e-4f4e-9d7e-2b8f0c6a1d42")
+
+# Payload index field -> kind. `tenant` is a tenant index (co-locates a tenant's points).
+PAYLOAD_INDEXES: Mapping[str, str] = {
+    "tenant": "keyword_tenant",
+    "doc_id": "keyword",
+    "updated_at": "datetime",
+    "version": "integer",
+}
+
+
+class SchemaMismatchError(RuntimeError):
+    """An existing collection does not match the index contract; nothing was written."""
+
+
+def point_id(tenant: str, doc_id: str, chunk_index: int) -> str:
+    """Deterministic point ID: the same chunk of the same document always lands on one point."""
+    return str(uuid.uuid5(POINT_NAMESPACE, f"{tenant}/{doc_id}#{chunk_index}"))
+
+
+@dataclass(frozen=True, slots=True)
+class SparseVector:
+    indices: list[int]
+    values: list[float]
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkPoint:
+    """One chunk ready to write: vectors plus the contract payload."""
+
+    tenant: str
+    doc_id: str
+    version: int
+    chunk_index: int
+    chunk_count: int
+    text: str
+    title: str
+    url: str | None
+    source: str | None
+    updated_at: datetime
+    indexed_at: datetime
+    metadata: Mapping[str, Any]
+    dense: Sequence[float]
+    sparse: SparseVector
+    heading: str = ""
+
+    @property
+    def id(self) -> str:
+        return point_id(self.tenant, self.doc_id, self.chunk_index)
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "tenant": self.tenant,
+            "doc_id": self.doc_id,
+            "version": self.version,
+            "chunk_index": self.chunk_index,
+            "chunk_count": self.chunk_count,
+            "text": self.text,
+            "title": self.title,
+            "heading": self.heading,
+            "url": self.url,
+            "source": self.source,
+            "updated_at": self.updated_at.isoformat(),
+            "indexed_at": self.indexed_at.isoformat(),
+            "metadata": dict(self.metadata),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class SearchFilter:
+    """Server-side filter. `tenant` is always set from the caller's identity, never the body."""
+
+    tenant: str
+    metadata_equals: Mapping[str, str | int | bool] = field(default_factory=dict)
+    metadata_any: Mapping[str, Sequence[str | int]] = field(default_factory=dict)
+    updated_after: datetime | None = None
+    updated_before: datetime | None = None
+    doc_ids: Sequence[str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """One scored chunk, as returned by a store or by ranking."""
+
+    point_id: str
+    score: float
+    payload: Mapping[str, Any]
+
+    @property
+    def doc_id(self) -> str:
+        return str(self.payload["doc_id"])
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentStatus:
+    tenant: str
+    doc_id: str
+    version: int
+    chunk_count: int
+    indexed_at: str
+    updated_at: str
+
+
+@runtime_checkable
+class Store(Protocol):
+    """What ingest writes through and search reads through; one per backend."""
+
+    def ensure_collection(self) -> None:
+        """Create the collection and payload indexes, or check an existing one matches."""
+
+    def upsert_chunks(self, chunks: Sequence[ChunkPoint]) -> None: ...
+
+    def delete_versions_below(self, tenant: str, doc_id: str, version: int) -> None:
+        """Delete the document's points with version < `version` (stale chunks after upsert)."""
+
+    def delete_document(self, tenant: str, doc_id: str, up_to_version: int | None = None) -> None:
+        """Delete the document's points with version <= `up_to_version` (all when None)."""
+
+    def document_status(self, tenant: str, doc_id: str) -> DocumentStatus | None: ...
+
+    def document_versions(self, tenant: str, doc_ids: Sequence[str]) -> dict[str, int]:
+        """Highest indexed version per document (absent docs are left out)."""
+
+    def count(self, tenant: str | None = None) -> int: ...
+
+    def query_dense(self, vector: Sequence[float], flt: SearchFilter, limit: int) -> list[Hit]: ...
+
+    def query_sparse(self, vector: SparseVector, flt: SearchFilter, limit: int) -> list[Hit]: ...
+
+    def scroll_payloads(self, tenant: str | None = None) -> list[dict[str, Any]]:
+        """Every point's payload (tests, audits and small exports; not for hot paths)."""
+
+    def close(self) -> None: ...
