@@ -48,7 +48,9 @@ def _logging(verbose: bool = False) -> None:
 
 @app.command()
 def ingest(
-    workers: Annotated[int, typer.Option("-w", "--workers-per-process", help="bytewax workers")] = 1,
+    workers: Annotated[
+        int, typer.Option("-w", "--workers-per-process", help="bytewax workers")
+    ] = 1,
     process_id: Annotated[int | None, typer.Option("-i", "--process-id")] = None,
     addresses: Annotated[
         str | None, typer.Option("-a", "--addresses", help="'host:port;host:port' of the cluster")
@@ -93,7 +95,13 @@ def load(
     """Produce documents as upsert events into the topic, with a progress bar."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    from freshrag.ingest.loader import LoadError, count_documents, detect, iter_events, produce_events
+    from freshrag.ingest.loader import (
+        LoadError,
+        count_documents,
+        detect,
+        iter_events,
+        produce_events,
+    )
 
     settings = _settings()
     try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from freshrag.ingest.chunking import chunk_document, embedding_text, split_sections
 from tests.unit.fakes import WhitespaceTokens
 
@@ -24,7 +26,7 @@ def test_no_chunk_exceeds_budget_and_overlap_is_honoured() -> None:
     chunks = chunk_document(text, "", TOK, max_tokens=30, overlap=5)
     assert len(chunks) > 5
     assert all(c.token_count <= 30 for c in chunks)
-    for prev, nxt in zip(chunks, chunks[1:], strict=False):
+    for prev, nxt in itertools.pairwise(chunks):
         shared = 0
         p, n = prev.text.split(), nxt.text.split()
         for k in range(1, min(len(p), len(n)) + 1):
@@ -32,7 +34,9 @@ def test_no_chunk_exceeds_budget_and_overlap_is_honoured() -> None:
                 shared = k
         assert 1 <= shared <= 5, (prev.text, nxt.text)
     # every word of the input is in some chunk
-    assert {w.strip(".") for w in text.split()} <= {w.strip(".") for c in chunks for w in c.text.split()}
+    assert {w.strip(".") for w in text.split()} <= {
+        w.strip(".") for c in chunks for w in c.text.split()
+    }
 
 
 def test_paragraphs_stay_whole_when_they_fit() -> None:

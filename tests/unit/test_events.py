@@ -22,10 +22,7 @@ ORIGIN = RecordOrigin("documents", 2, 41, 1_764_331_200_000)
 
 
 def rec(value: object, key: bytes | None = b"kb-1") -> RawRecord:
-    if value is None or isinstance(value, bytes):
-        raw = value
-    else:
-        raw = json.dumps(value).encode()
+    raw = value if value is None or isinstance(value, bytes) else json.dumps(value).encode()
     return RawRecord(key, raw, ORIGIN)
 
 
@@ -76,7 +73,13 @@ def test_tombstone_deletes_by_plain_and_json_key() -> None:
 
 @pytest.mark.parametrize("wrapped", [False, True])
 def test_debezium_create_update_read_delete(wrapped: bool) -> None:
-    row = {"id": 5, "title": "T", "text": "Body text", "lang": "de", "updated_at": 1_764_331_200_000}
+    row = {
+        "id": 5,
+        "title": "T",
+        "text": "Body text",
+        "lang": "de",
+        "updated_at": 1_764_331_200_000,
+    }
 
     def env(op: str, before: object, after: object) -> dict[str, object]:
         payload = {"op": op, "before": before, "after": after, "source": {"table": "kb"}}
@@ -110,15 +113,35 @@ BAD = [
     (json.dumps([1, 2]).encode(), "WrongType", "JSON object"),
     (json.dumps({"op": "upsert", "text": "x"}).encode(), "MissingField", "'id'"),
     (json.dumps({"op": "upsert", "id": "a"}).encode(), "MissingField", "'text'"),
-    (json.dumps({"op": "upsert", "id": 5, "text": "x"}).encode(), "WrongType", "'id' must be a string"),
+    (
+        json.dumps({"op": "upsert", "id": 5, "text": "x"}).encode(),
+        "WrongType",
+        "'id' must be a string",
+    ),
     (json.dumps({"op": "upsert", "id": "a", "text": 3}).encode(), "WrongType", "'text'"),
-    (json.dumps({"op": "upsert", "id": "a", "text": "x", "version": "7"}).encode(), "WrongType", "'version'"),
+    (
+        json.dumps({"op": "upsert", "id": "a", "text": "x", "version": "7"}).encode(),
+        "WrongType",
+        "'version'",
+    ),
     (json.dumps({"op": "merge", "id": "a", "text": "x"}).encode(), "UnknownOp", "'merge'"),
     (json.dumps({"id": "a", "text": "x"}).encode(), "MissingField", "'op'"),
     (json.dumps({"op": "upsert", "id": "a", "text": "   "}).encode(), "EmptyText", "empty"),
-    (json.dumps({"op": "upsert", "id": "a", "text": "x", "tenant": "a b"}).encode(), "InvalidTenant", "tenant"),
-    (json.dumps({"op": "upsert", "id": "a", "text": "x", "updated_at": "yesterday"}).encode(), "InvalidTimestamp", "ISO 8601"),
-    (json.dumps({"op": "upsert", "id": "a", "text": "x", "metadata": {"k": {"n": 1}}}).encode(), "WrongType", "metadata 'k'"),
+    (
+        json.dumps({"op": "upsert", "id": "a", "text": "x", "tenant": "a b"}).encode(),
+        "InvalidTenant",
+        "tenant",
+    ),
+    (
+        json.dumps({"op": "upsert", "id": "a", "text": "x", "updated_at": "yesterday"}).encode(),
+        "InvalidTimestamp",
+        "ISO 8601",
+    ),
+    (
+        json.dumps({"op": "upsert", "id": "a", "text": "x", "metadata": {"k": {"n": 1}}}).encode(),
+        "WrongType",
+        "metadata 'k'",
+    ),
 ]
 
 

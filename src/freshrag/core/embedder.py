@@ -66,8 +66,9 @@ class Embedder:
             raise EmbedderError(f"cannot load embedding model from {path}: {exc}") from exc
         self.model_path = path
         self.batch_size = batch_size
-        get_dim = getattr(self._model, "get_embedding_dimension", None) or getattr(
-            self._model, "get_sentence_embedding_dimension"
+        get_dim = (
+            getattr(self._model, "get_embedding_dimension", None)
+            or self._model.get_sentence_embedding_dimension
         )
         self.dim = int(get_dim())
         self._max_seq = int(self._model.max_seq_length)

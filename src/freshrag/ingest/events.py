@@ -151,11 +151,13 @@ def _parse(record: RawRecord, limits: EventLimits, mapping: DebeziumMapping) -> 
     try:
         text = record.value.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise EventError("InvalidEncoding", f"value is not UTF-8: {exc.reason} at byte {exc.start}")
+        raise EventError(
+            "InvalidEncoding", f"value is not UTF-8: {exc.reason} at byte {exc.start}"
+        ) from None
     try:
         body = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise EventError("InvalidJSON", f"value is not JSON: {exc.msg} at char {exc.pos}")
+        raise EventError("InvalidJSON", f"value is not JSON: {exc.msg} at char {exc.pos}") from None
     if not isinstance(body, dict):
         raise EventError("WrongType", f"event must be a JSON object, got {_kind(body)}")
     envelope = _debezium_envelope(body)
@@ -232,8 +234,7 @@ def _from_debezium(env: dict[str, Any], record: RawRecord, m: DebeziumMapping) -
         tenant=tenant,
         doc_id=doc_id,
         version=version,
-        title=_optional_str(row.get(m.title_field) if m.title_field else None, "title", 2000)
-        or "",
+        title=_optional_str(row.get(m.title_field) if m.title_field else None, "title", 2000) or "",
         text=_text(row.get(m.text_field), f"{image}.{m.text_field}"),
         updated_at=_updated_at(row.get(m.updated_at_field) if m.updated_at_field else None, record),
         origin=record.origin,
@@ -247,18 +248,20 @@ def _from_debezium(env: dict[str, Any], record: RawRecord, m: DebeziumMapping) -
 def _tombstone(record: RawRecord, m: DebeziumMapping) -> Delete:
     """A null value deletes by key: a plain id, or a JSON key such as Debezium's {"id": 42}."""
     if not record.key:
-        raise EventError("MissingKey", "tombstone (null value) without a key cannot name a document")
+        raise EventError(
+            "MissingKey", "tombstone (null value) without a key cannot name a document"
+        )
     try:
         key_text = record.key.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise EventError("InvalidEncoding", f"key is not UTF-8: {exc.reason}")
+        raise EventError("InvalidEncoding", f"key is not UTF-8: {exc.reason}") from None
     tenant = DEFAULT_TENANT
     doc_id: str = key_text
     if key_text.startswith("{"):
         try:
             key = json.loads(key_text)
         except json.JSONDecodeError as exc:
-            raise EventError("InvalidJSON", f"tombstone key is not JSON: {exc.msg}")
+            raise EventError("InvalidJSON", f"tombstone key is not JSON: {exc.msg}") from None
         if isinstance(key, dict) and isinstance(key.get("payload"), dict):
             key = key["payload"]
         if not isinstance(key, dict):
@@ -310,7 +313,9 @@ def _text(value: Any, name: str) -> str:
     if not isinstance(value, str):
         raise EventError("WrongType", f"field '{name}' must be a string, got {_kind(value)}")
     if not value.strip():
-        raise EventError("EmptyText", f"field '{name}' is empty; send a delete to remove a document")
+        raise EventError(
+            "EmptyText", f"field '{name}' is empty; send a delete to remove a document"
+        )
     return value
 
 
@@ -332,11 +337,15 @@ def _updated_at(value: Any, record: RawRecord) -> datetime:
         seconds = value / 1_000_000 if value > 10**14 else value / 1000
         return datetime.fromtimestamp(seconds, tz=UTC)
     if not isinstance(value, str):
-        raise EventError("WrongType", f"field 'updated_at' must be an ISO 8601 string, got {_kind(value)}")
+        raise EventError(
+            "WrongType", f"field 'updated_at' must be an ISO 8601 string, got {_kind(value)}"
+        )
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        raise EventError("InvalidTimestamp", f"field 'updated_at' is not ISO 8601: {value[:64]!r}")
+        raise EventError(
+            "InvalidTimestamp", f"field 'updated_at' is not ISO 8601: {value[:64]!r}"
+        ) from None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 

@@ -1,21 +1,21 @@
 """The one place that wires the ingest dataflow together.
 
-    Kafka ─► parse ─► version gate (per doc, recoverable) ─► collect (size / max wait)
-          ─► chunk + embed (batched across documents) ─► index sink (upsert + stale cleanup)
-    bad records at any step ─► DLQ topic with reason headers
+Kafka ─► parse ─► version gate (per doc, recoverable) ─► collect (size / max wait)
+      ─► chunk + embed (batched across documents) ─► index sink (upsert + stale cleanup)
+bad records at any step ─► DLQ topic with reason headers
 """
 
 from __future__ import annotations
 
 import threading
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 import bytewax.operators as op
-from bytewax.connectors.kafka import KafkaSink
-from bytewax.dataflow import Dataflow
+from bytewax.connectors.kafka import KafkaError, KafkaSink, KafkaSourceMessage
+from bytewax.dataflow import Dataflow, Stream
 
 from freshrag.core.settings import Settings
 from freshrag.ingest.events import (
@@ -30,6 +30,7 @@ from freshrag.ingest.indexing import (
     ChunkingConfig,
     DenseEmbedder,
     DocumentIndexer,
+    GateState,
     IndexWrite,
     SparseEmbedder,
     version_gate,
@@ -44,6 +45,7 @@ from freshrag.ingest.metrics import IngestMetrics
 from freshrag.ingest.store_sink import StoreSink, WriteListener
 from freshrag.retrieve.contract import Store
 
+Bytes = bytes | None
 EMBED_BUCKETS = 4  # collect() keys: spread batches over workers, keep one doc in one bucket
 
 
@@ -57,7 +59,7 @@ class FlowParts:
     sparse: SparseEmbedder
     metrics: IngestMetrics
     stop: threading.Event
-    mapping: DebeziumMapping = DebeziumMapping()
+    mapping: DebeziumMapping = field(default_factory=DebeziumMapping)
     listener: WriteListener | None = None
 
 
@@ -78,25 +80,43 @@ def build_flow(parts: FlowParts, flow_id: str = "freshrag-ingest") -> Dataflow:
     brokers = s.kafka_bootstrap.split(",")
 
     flow = Dataflow(flow_id)
-    source = StoppableKafkaSource(brokers, [s.topic], parts.stop, batch_size=s.embed_batch_size * 4)
+    source = StoppableKafkaSource(
+        brokers,
+        [s.topic],
+        parts.stop,
+        batch_size=s.embed_batch_size * 4,
+        on_read=metrics.on_read,
+    )
     raw = op.input("kafka_in", flow, source)
     consumed = op.branch("split_consume_errors", raw, lambda m: not hasattr(m, "err"))
-    consume_dlq = op.map("consume_error", consumed.falses, consume_error_to_dead_letter)
+    consume_errors = cast(Stream[KafkaError[Bytes, Bytes]], consumed.falses)
+    messages = cast(Stream[KafkaSourceMessage[Bytes, Bytes]], consumed.trues)
+    consume_dlq = op.map("consume_error", consume_errors, consume_error_to_dead_letter)
 
-    parsed = op.map("parse", consumed.trues, lambda m: parse_record(to_raw_record(m), limits, parts.mapping))
+    def parse(message: KafkaSourceMessage[Bytes, Bytes]) -> ChangeEvent | DeadLetter:
+        return parse_record(to_raw_record(message), limits, parts.mapping)
+
+    parsed = op.map("parse", messages, parse)
     split = op.branch("split_parse_errors", parsed, lambda x: not isinstance(x, DeadLetter))
-    events = split.trues
+    events = cast(Stream[ChangeEvent], split.trues)
+    parse_dlq = cast(Stream[DeadLetter], split.falses)
 
     keyed = op.key_on("by_document", events, lambda e: e.doc_key)
 
-    def gate(last: int | None, event: ChangeEvent) -> tuple[int | None, ChangeEvent | None]:
+    def gate(
+        last: GateState | None, event: ChangeEvent
+    ) -> tuple[GateState | None, ChangeEvent | None]:
         state, out = version_gate(last, event)
         if out is None:
             metrics.events.labels(_op(event), "stale").inc()
         return state, out
 
-    gated = op.filter_map_value("version_gate_emit", op.stateful_map("version_gate", keyed, gate), lambda e: e)
-    rebucketed = op.key_on("by_bucket", op.key_rm("unkey", gated), _bucket)
+    gated = op.filter_map_value(
+        "version_gate_emit", op.stateful_map("version_gate", keyed, gate), lambda e: e
+    )
+    rebucketed = op.key_on(
+        "by_bucket", cast(Stream[ChangeEvent], op.key_rm("unkey", gated)), _bucket
+    )
     batches = op.collect(
         "embed_batch",
         rebucketed,
@@ -111,13 +131,17 @@ def build_flow(parts: FlowParts, flow_id: str = "freshrag-ingest") -> Dataflow:
             metrics.embed_latency.observe(result.embed_seconds)
         for e in result.skipped:
             metrics.events.labels(_op(e), "skipped_indexed").inc()
+        for e in result.superseded:
+            metrics.events.labels(_op(e), "superseded").inc()
         return [*result.writes, *result.dead_letters]
 
     processed = op.flat_map("chunk_embed", batches, process)
     outcome = op.branch("split_process_errors", processed, lambda x: not isinstance(x, DeadLetter))
-    op.output("index", outcome.trues, StoreSink(parts.store, metrics, parts.listener))
+    writes = cast(Stream[IndexWrite], outcome.trues)
+    op.output("index", writes, StoreSink(parts.store, metrics, parts.listener))
 
-    dead = op.merge("dead_letters", consume_dlq, split.falses, outcome.falses)
+    process_dlq = cast(Stream[DeadLetter], outcome.falses)
+    dead = cast(Stream[DeadLetter], op.merge("dead_letters", consume_dlq, parse_dlq, process_dlq))
 
     def count_dead(d: DeadLetter) -> DeadLetter:
         metrics.dead_letters.labels(d.error_class, d.step).inc()

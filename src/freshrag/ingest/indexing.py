@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -50,22 +50,36 @@ class ChunkingConfig:
     max_chunks_per_document: int = 2_000
 
 
-def version_gate(last: int | None, event: ChangeEvent) -> tuple[int | None, ChangeEvent | None]:
-    """Per-document state: drop any event not newer than the last applied version."""
-    if last is not None and event.version <= last:
-        return last, None
-    return event.version, event
+GateState = tuple[int, bool]  # (last applied version, was it a delete)
+
+
+def version_gate(
+    last: GateState | None, event: ChangeEvent
+) -> tuple[GateState | None, ChangeEvent | None]:
+    """Per-document state: drop events older than the last applied version.
+
+    An upsert must be strictly newer. A delete may carry the same version as the upsert it
+    removes (Debezium's `before` image does), so it wins ties unless that version is already
+    deleted. Replays and reordering therefore never regress a document.
+    """
+    is_delete = isinstance(event, Delete)
+    if last is not None:
+        version, deleted = last
+        newer = event.version > version
+        same_version_delete = is_delete and event.version == version and not deleted
+        if not (newer or same_version_delete):
+            return last, None
+    return (event.version, is_delete), event
 
 
 def collapse(events: Sequence[ChangeEvent]) -> list[ChangeEvent]:
-    """Keep only the newest event per document in a batch (older ones would be overwritten)."""
-    newest: dict[str, ChangeEvent] = {}
+    """Keep only the last event per document in a batch; the gate already put them in version
+    order, so earlier ones would only be overwritten (a same-version delete included)."""
+    last: dict[str, ChangeEvent] = {}
     for event in events:
-        current = newest.get(event.doc_key)
-        if current is None or event.version > current.version:
-            newest.pop(event.doc_key, None)
-            newest[event.doc_key] = event
-    return list(newest.values())
+        last.pop(event.doc_key, None)
+        last[event.doc_key] = event
+    return list(last.values())
 
 
 def dead_letter_for(event: Upsert, error_class: str, message: str, step: str) -> DeadLetter:
@@ -78,6 +92,7 @@ class BatchResult:
     writes: list[IndexWrite]
     dead_letters: list[DeadLetter]
     skipped: list[ChangeEvent]
+    superseded: list[ChangeEvent] = field(default_factory=list)
     chunks_embedded: int = 0
     embed_seconds: float = 0.0
 
@@ -101,7 +116,11 @@ class DocumentIndexer:
 
     def process(self, events: Sequence[ChangeEvent]) -> BatchResult:
         result = BatchResult([], [], [])
-        batch = self._drop_already_indexed(collapse(events), result)
+        newest = collapse(events)
+        if len(newest) < len(events):
+            kept = {id(e) for e in newest}
+            result.superseded.extend(e for e in events if id(e) not in kept)
+        batch = self._drop_already_indexed(newest, result)
         chunked: list[tuple[Upsert, list[Chunk]]] = []
         for event in batch:
             if isinstance(event, Delete):
@@ -173,14 +192,16 @@ class DocumentIndexer:
                     sparse = self.sparse.embed_documents([c.text for c in chunked[0][1]])
                 except Exception as exc:
                     result.dead_letters.append(
-                        dead_letter_for(event, "EmbeddingError", f"{type(exc).__name__}: {exc}", "embed")
+                        dead_letter_for(
+                            event, "EmbeddingError", f"{type(exc).__name__}: {exc}", "embed"
+                        )
                     )
                     return []
             else:  # isolate the failing document(s)
-                writes: list[IndexWrite] = []
+                isolated: list[IndexWrite] = []
                 for item in chunked:
-                    writes.extend(self._embed([item], result))
-                return writes
+                    isolated.extend(self._embed([item], result))
+                return isolated
         result.chunks_embedded += len(texts)
         now = self.clock()
         writes: list[IndexWrite] = []

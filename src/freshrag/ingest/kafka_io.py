@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -20,14 +20,27 @@ from freshrag.ingest.events import DeadLetter, RawRecord, RecordOrigin
 
 IDLE_POLL = timedelta(milliseconds=20)
 
+# (topic, partition, next offset to read, records in this batch)
+ReadListener = Callable[[str, int, int, int], None]
+
 
 class _StoppablePartition(StatefulSourcePartition[Any, Any]):
     """Wraps bytewax's Kafka partition: ends on a stop event, and sleeps briefly when idle
     instead of spinning (2 cores are shared with the embedder)."""
 
-    def __init__(self, inner: StatefulSourcePartition[Any, Any], stop: threading.Event) -> None:
+    def __init__(
+        self,
+        inner: StatefulSourcePartition[Any, Any],
+        stop: threading.Event,
+        topic: str,
+        partition: int,
+        on_read: ReadListener | None,
+    ) -> None:
         self._inner = inner
         self._stop = stop
+        self._topic = topic
+        self._partition = partition
+        self._on_read = on_read
         self._awake: datetime | None = None
 
     def next_batch(self) -> list[Any]:
@@ -35,6 +48,10 @@ class _StoppablePartition(StatefulSourcePartition[Any, Any]):
             raise StopIteration()
         batch = list(self._inner.next_batch())
         self._awake = None if batch else datetime.now(UTC) + IDLE_POLL
+        if self._on_read is not None:
+            position = self._inner.snapshot()
+            if isinstance(position, int) and position >= 0:
+                self._on_read(self._topic, self._partition, position, len(batch))
         return batch
 
     def next_awake(self) -> datetime | None:
@@ -58,6 +75,7 @@ class StoppableKafkaSource(KafkaSource):  # type: ignore[misc]
         *,
         batch_size: int = 1000,
         add_config: dict[str, str] | None = None,
+        on_read: ReadListener | None = None,
     ) -> None:
         super().__init__(
             brokers,
@@ -69,9 +87,14 @@ class StoppableKafkaSource(KafkaSource):  # type: ignore[misc]
             raise_on_errors=False,
         )
         self._stop_event = stop
+        self._on_read = on_read
 
-    def build_part(self, step_id: str, for_part: str, resume_state: Any) -> _StoppablePartition:
-        return _StoppablePartition(super().build_part(step_id, for_part, resume_state), self._stop_event)
+    def build_part(  # type: ignore[override]
+        self, step_id: str, for_part: str, resume_state: Any
+    ) -> _StoppablePartition:
+        inner = super().build_part(step_id, for_part, resume_state)
+        index, topic = for_part.split("-", 1)
+        return _StoppablePartition(inner, self._stop_event, topic, int(index), self._on_read)
 
 
 def to_raw_record(msg: KafkaSourceMessage[bytes | None, bytes | None]) -> RawRecord:
@@ -97,7 +120,9 @@ def ensure_topics(bootstrap: str, topics: Iterable[tuple[str, int]], timeout: fl
 
     admin = AdminClient({"bootstrap.servers": bootstrap})
     existing = set(admin.list_topics(timeout=timeout).topics)
-    wanted = [NewTopic(name, num_partitions=parts) for name, parts in topics if name not in existing]
+    wanted = [
+        NewTopic(name, num_partitions=parts) for name, parts in topics if name not in existing
+    ]
     if not wanted:
         return
     for name, future in admin.create_topics(wanted, operation_timeout=timeout).items():

@@ -140,7 +140,9 @@ def produce_events(
         payload = json.dumps(event, ensure_ascii=False).encode()
         while True:
             try:
-                producer.produce(topic, key=str(event["id"]).encode(), value=payload, on_delivery=delivered)
+                producer.produce(
+                    topic, key=str(event["id"]).encode(), value=payload, on_delivery=delivered
+                )
                 break
             except BufferError:
                 producer.poll(0.5)

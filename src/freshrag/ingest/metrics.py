@@ -11,7 +11,8 @@ class IngestMetrics:
         r = self.registry
         self.events = Counter(
             "freshrag_ingest_events",
-            "Change events by op and outcome (applied, stale, skipped_indexed, dead_letter)",
+            "Records by op and outcome: applied, stale (version gate), superseded (newer in the"
+            " same batch), skipped_indexed (index already newer), dead_letter",
             ["op", "outcome"],
             registry=r,
         )
@@ -42,9 +43,19 @@ class IngestMetrics:
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 3600),
             registry=r,
         )
-        self.watermark = Gauge(
-            "freshrag_ingest_indexed_offset",
-            "Next offset to index per source partition (everything below is in the index)",
+        self.records_read = Counter(
+            "freshrag_ingest_records_read",
+            "Records read from Kafka; equals the sum of event outcomes when nothing is in flight",
+            registry=r,
+        )
+        self.source_offset = Gauge(
+            "freshrag_ingest_source_offset",
+            "Next offset the flow will read, per source partition",
             ["topic", "partition"],
             registry=r,
         )
+
+    def on_read(self, topic: str, partition: int, next_offset: int, count: int) -> None:
+        self.source_offset.labels(topic, str(partition)).set(next_offset)
+        if count:
+            self.records_read.inc(count)
