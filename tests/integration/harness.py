@@ -148,3 +148,27 @@ def index_state(store: Store, tenant: str | None = None) -> dict[tuple[str, str]
         assert len(versions) == 1, f"{key} has chunks of several versions: {sorted(versions)}"
         out[key] = (versions.pop(), len(chunks))
     return out
+
+
+class ApiServer:
+    """A real uvicorn server for an app, on a free loopback port, in a background thread."""
+
+    def __init__(self, app: Any, port: int) -> None:
+        import uvicorn
+
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"
+        )
+        self.server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> ApiServer:
+        self._thread.start()
+        wait_for(lambda: self.server.started, timeout=60, what="API server start")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self._thread.join(timeout=30)

@@ -79,7 +79,18 @@ class Settings(BaseSettings):
         default_factory=dict,
         description="API key -> tenant, as 'key1=tenant1,key2=tenant2' or a JSON object",
     )
-    auth_enabled: bool = True
+    auth_enabled: bool = Field(True, description="false only for local demos; logs a warning")
+    cors_origins: list[str] = Field(default_factory=list)
+    chat_top_k: int = Field(5, ge=1, le=20, description="sources retrieved for a chat answer")
+    chat_min_score: float = Field(
+        0.25, ge=-1, le=1, description="min cosine of the best source, else 'not covered'"
+    )
+    chat_max_tokens: int = Field(256, ge=16, le=4096, description="answer token budget")
+    llm_context_window: int = Field(2048, ge=256, description="prompt + answer token budget")
+    max_query_chars: int = Field(2000, ge=16, le=100_000)
+    max_messages: int = Field(32, ge=1, le=1000)
+    max_message_chars: int = Field(8000, ge=16)
+    consistency_timeout_s: float = Field(10.0, gt=0, le=300)
     metrics_port: int = Field(9464, ge=0, le=65535, description="ingest metrics; 0 turns it off")
 
     @field_validator("api_keys", mode="before")

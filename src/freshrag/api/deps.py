@@ -1,0 +1,33 @@
+"""FastAPI dependencies: the services from the lifespan and the caller's tenant."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request
+
+from freshrag.api.auth import Caller, Unauthorized, resolve_caller
+from freshrag.api.services import Services
+
+
+def get_services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+def get_caller(request: Request, services: ServicesDep) -> Caller:
+    s = services.settings
+    try:
+        return resolve_caller(request.headers.get("authorization"), s.api_keys, s.auth_enabled)
+    except Unauthorized as exc:
+        raise HTTPException(
+            status_code=401,
+            detail={"type": "unauthorized", "message": exc.message},
+            headers={"WWW-Authenticate": "Bearer"},
+        ) from None
+
+
+CallerDep = Annotated[Caller, Depends(get_caller)]

@@ -1,0 +1,78 @@
+"""Shared by the search and chat routes: tenant-scoped filters, retrieval, freshness info."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from freshrag.api.auth import Caller
+from freshrag.api.schemas import Filters, HitOut, IndexInfo
+from freshrag.api.services import Services
+from freshrag.generate.prompt import Source
+from freshrag.retrieve.contract import SearchFilter
+from freshrag.retrieve.search import SearchHit, SearchRequest
+
+
+def search_filter(caller: Caller, filters: Filters) -> SearchFilter:
+    """The tenant comes from the caller's key, never from the request body."""
+    return SearchFilter(
+        tenant=caller.tenant,
+        metadata_equals=dict(filters.metadata),
+        metadata_any={k: list(v) for k, v in filters.metadata_any.items()},
+        updated_after=filters.updated_after,
+        updated_before=filters.updated_before,
+        doc_ids=list(filters.doc_ids) if filters.doc_ids is not None else None,
+    )
+
+
+def hit_out(hit: SearchHit) -> HitOut:
+    return HitOut(
+        doc_id=hit.doc_id,
+        chunk_index=hit.chunk_index,
+        score=hit.score,
+        text=hit.text,
+        title=hit.title,
+        url=hit.url,
+        version=hit.version,
+        updated_at=hit.updated_at,
+        heading=hit.heading,
+        metadata=dict(hit.metadata),
+    )
+
+
+def index_info(services: Services, updated: list[datetime | None]) -> IndexInfo:
+    known = [u for u in updated if u is not None]
+    age = None
+    if known:
+        newest = max(u if u.tzinfo else u.replace(tzinfo=UTC) for u in known)
+        age = max(0.0, (datetime.now(UTC) - newest).total_seconds())
+    watermark = services.watermarks() if services.watermarks is not None else {}
+    return IndexInfo(watermark=watermark, freshest_document_age_s=age)
+
+
+@dataclass
+class Retrieved:
+    sources: list[Source]
+    hits: list[SearchHit]
+    seconds: float
+
+
+def retrieve_sources(
+    services: Services, caller: Caller, question: str, filters: Filters, top_k: int, fresh: bool
+) -> Retrieved:
+    """Hybrid-ranked chunks for a chat answer; each source's score is its dense cosine so the
+    answerer's relevance threshold has a meaningful scale (RRF scores are rank-based)."""
+    started = time.perf_counter()
+    searcher = services.searcher
+    req = SearchRequest(
+        query=question, filter=search_filter(caller, filters), top_k=top_k, fresh=fresh
+    )
+    dense, sparse, _ = searcher.candidates(req)
+    ranked = searcher.rank(req, dense, sparse)[:top_k]
+    cosine = {h.point_id: h.score for h in dense}
+    sources = [Source.from_payload(h.payload, score=cosine.get(h.point_id, 0.0)) for h in ranked]
+    hits = [SearchHit.from_hit(h) for h in ranked]
+    elapsed = time.perf_counter() - started
+    services.metrics.retrieval.observe(elapsed)
+    return Retrieved(sources, hits, elapsed)

@@ -1,0 +1,166 @@
+"""POST /v1/chat: a grounded, cited answer; `stream: true` sends Server-Sent Events."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from fastapi import APIRouter, HTTPException
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from freshrag.api.consistency import wait_for_token
+from freshrag.api.deps import CallerDep, ServicesDep
+from freshrag.api.retrieval import Retrieved, index_info, retrieve_sources
+from freshrag.api.schemas import ChatBody, ChatOut, CitationOut, Message, SourceOut
+from freshrag.api.services import Services
+from freshrag.generate.answer import Answer, AnswerDelta, AnswerDone, AnswerEvent, AnswerStart
+from freshrag.generate.citations import Citation
+from freshrag.generate.llm import LLMError
+from freshrag.generate.prompt import NumberedSource, Source
+
+router = APIRouter(prefix="/v1", tags=["chat"])
+
+
+def split_messages(messages: list[Message], services: Services) -> tuple[str, list[dict[str, str]]]:
+    """The last user message is the question; earlier turns are history."""
+    if len(messages) > services.settings.max_messages:
+        raise HTTPException(
+            422, {"type": "invalid", "field": "messages", "message": "too many messages"}
+        )
+    for i in range(len(messages) - 1, -1, -1):
+        if messages[i].role == "user" and (messages[i].content or "").strip():
+            history = [
+                {"role": m.role, "content": m.content or ""}
+                for m in messages[:i]
+                if m.role in ("user", "assistant") and m.content
+            ]
+            return messages[i].content or "", history
+    raise HTTPException(
+        422, {"type": "invalid", "field": "messages", "message": "no user message with content"}
+    )
+
+
+def question_of(body: ChatBody, services: Services) -> tuple[str, list[dict[str, str]]]:
+    if body.messages:
+        return split_messages(body.messages, services)
+    if body.question:
+        return body.question, []
+    raise HTTPException(
+        422,
+        {"type": "invalid", "field": "question", "message": "give 'question' or 'messages'"},
+    )
+
+
+def source_out(ns: NumberedSource) -> SourceOut:
+    s = ns.source
+    return SourceOut(
+        number=ns.number,
+        doc_id=s.doc_id,
+        title=s.title,
+        url=s.url,
+        version=s.version,
+        updated_at=s.updated_at_iso,
+        chunk_index=s.chunk_index,
+        score=s.score,
+        text=s.text,
+    )
+
+
+def retrieved_sources(sources: list[Source]) -> list[SourceOut]:
+    return [source_out(NumberedSource(i + 1, s)) for i, s in enumerate(sources)]
+
+
+def citation_out(c: Citation) -> CitationOut:
+    return CitationOut(**{f: getattr(c, f) for f in CitationOut.model_fields})
+
+
+def upstream_error(exc: LLMError, retrieved: Retrieved, openai_style: bool = False) -> JSONResponse:
+    """503 naming the upstream, with the sources that were retrieved (never a bare 500)."""
+    error = {
+        "type": "upstream_unavailable",
+        "code": "llm_unavailable",
+        "upstream": exc.upstream,
+        "message": f"the LLM at {exc.upstream} is unavailable: {exc.reason}",
+    }
+    body: dict[str, Any] = {
+        "error": error,
+        "sources": [s.model_dump() for s in retrieved_sources(retrieved.sources)],
+    }
+    return JSONResponse(body, status_code=503)
+
+
+def answer_out(answer: Answer, retrieved: Retrieved, services: Services) -> ChatOut:
+    used = answer.sources_used
+    return ChatOut(
+        answer=answer.text,
+        citations=[citation_out(c) for c in answer.citations],
+        sources=[source_out(ns) for ns in used],
+        refused=answer.refused,
+        citations_inferred=answer.citations_inferred,
+        index=index_info(services, [h.updated_at for h in retrieved.hits]),
+    )
+
+
+def sse(event: str, data: Any) -> str:
+    return f"event: {event}\ndata: {json.dumps(data, default=str)}\n\n"
+
+
+def first_event(
+    services: Services, question: str, retrieved: Retrieved, history: list[dict[str, str]]
+) -> tuple[AnswerEvent, Iterator[AnswerEvent]]:
+    """Start the answer stream; LLM connection errors surface here, before any byte is sent."""
+    events = services.answerer.stream_answer(question, retrieved.sources, history)
+    return next(events), events
+
+
+@router.post("/chat", response_model=ChatOut, responses={503: {"description": "LLM unavailable"}})
+def chat(body: ChatBody, caller: CallerDep, services: ServicesDep) -> Any:
+    question, history = question_of(body, services)
+    wait_for_token(services, body.consistency_token)
+    retrieved = retrieve_sources(services, caller, question, body.filters, body.top_k, body.fresh)
+    started = time.perf_counter()
+    if not body.stream:
+        try:
+            answer = services.answerer.answer(question, retrieved.sources, history)
+        except LLMError as exc:
+            services.metrics.llm_errors.inc()
+            return upstream_error(exc, retrieved)
+        if not answer.refused:
+            services.metrics.llm.labels("false").observe(time.perf_counter() - started)
+            services.metrics.tokens.labels("prompt").inc(answer.prompt_tokens)
+        return answer_out(answer, retrieved, services)
+
+    try:
+        first, events = first_event(services, question, retrieved, history)
+    except LLMError as exc:
+        services.metrics.llm_errors.inc()
+        return upstream_error(exc, retrieved)
+
+    def stream() -> Iterator[str]:
+        event: AnswerEvent | None = first
+        try:
+            while event is not None:
+                if isinstance(event, AnswerStart):
+                    used = [source_out(ns).model_dump() for ns in event.sources_used]
+                    yield sse("sources", {"sources": used, "refused": event.refused})
+                elif isinstance(event, AnswerDelta):
+                    yield sse("token", {"text": event.text})
+                elif isinstance(event, AnswerDone):
+                    out = answer_out(event.answer, retrieved, services)
+                    services.metrics.llm.labels("true").observe(time.perf_counter() - started)
+                    yield sse("done", out.model_dump(mode="json"))
+                event = next(events, None)
+        except LLMError as exc:
+            services.metrics.llm_errors.inc()
+            yield sse(
+                "error",
+                {"type": "upstream_unavailable", "upstream": exc.upstream, "message": exc.reason},
+            )
+
+    return StreamingResponse(
+        stream(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

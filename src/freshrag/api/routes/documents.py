@@ -1,0 +1,105 @@
+"""Document writes become change events on Kafka (the flow indexes them); reads show the index."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Query
+
+from freshrag.api.deps import CallerDep, ServicesDep
+from freshrag.api.producer import Produced, ProduceError
+from freshrag.api.schemas import DocumentBody, DocumentStatusOut, WriteOut
+from freshrag.api.services import Services
+
+router = APIRouter(prefix="/v1/documents", tags=["documents"])
+
+
+def _send(services: Services, event: dict[str, Any]) -> Produced:
+    if services.producer is None:
+        raise HTTPException(
+            503,
+            {
+                "type": "upstream_unavailable",
+                "upstream": "kafka",
+                "message": "document writes are disabled in this process",
+            },
+        )
+    try:
+        produced: Produced = services.producer.send(event)
+    except ProduceError as exc:
+        raise HTTPException(
+            503,
+            {"type": "upstream_unavailable", "upstream": exc.upstream, "message": exc.reason},
+        ) from None
+    return produced
+
+
+def _out(doc_id: str, op: str, p: Produced) -> WriteOut:
+    return WriteOut(
+        id=doc_id,
+        op=op,  # type: ignore[arg-type]
+        topic=p.topic,
+        partition=p.partition,
+        offset=p.offset,
+        consistency_token=p.token,
+    )
+
+
+@router.post("", status_code=202, response_model=WriteOut)
+def upsert_document(body: DocumentBody, caller: CallerDep, services: ServicesDep) -> WriteOut:
+    """Queue an upsert; poll GET /v1/documents/{id} or pass the token to a search to wait."""
+    limit = services.settings.max_document_bytes
+    size = len(body.text.encode())
+    if size > limit:
+        raise HTTPException(
+            413,
+            {
+                "type": "payload_too_large",
+                "field": "text",
+                "message": f"text is {size} bytes, over the {limit}-byte document limit",
+            },
+        )
+    event: dict[str, Any] = {
+        "op": "upsert",
+        "id": body.id,
+        "tenant": caller.tenant,
+        "title": body.title,
+        "text": body.text,
+        "url": body.url,
+        "source": body.source,
+        "metadata": body.metadata,
+    }
+    if body.version is not None:
+        event["version"] = body.version
+    if body.updated_at is not None:
+        event["updated_at"] = body.updated_at.isoformat()
+    return _out(body.id, "upsert", _send(services, event))
+
+
+@router.delete("/{doc_id:path}", status_code=202, response_model=WriteOut)
+def delete_document(
+    doc_id: str,
+    caller: CallerDep,
+    services: ServicesDep,
+    version: int | None = Query(None, ge=0, description="defaults to the Kafka record time"),
+) -> WriteOut:
+    event: dict[str, Any] = {"op": "delete", "id": doc_id, "tenant": caller.tenant}
+    if version is not None:
+        event["version"] = version
+    return _out(doc_id, "delete", _send(services, event))
+
+
+@router.get("/{doc_id:path}", response_model=DocumentStatusOut)
+def document_status(doc_id: str, caller: CallerDep, services: ServicesDep) -> DocumentStatusOut:
+    status = services.store.document_status(caller.tenant, doc_id)
+    if status is None:  # another tenant's document is indistinguishable from a missing one
+        raise HTTPException(
+            404, {"type": "not_found", "message": f"document '{doc_id}' is not indexed"}
+        )
+    return DocumentStatusOut(
+        id=doc_id,
+        version=status.version,
+        chunk_count=status.chunk_count,
+        indexed_at=status.indexed_at,
+        updated_at=status.updated_at,
+    )

@@ -1,0 +1,129 @@
+"""POST /v1/chat/completions: freshrag as an OpenAI-compatible model named `freshrag`.
+
+Retrieval uses the last user message; citations and sources ride in extra top-level fields,
+which OpenAI clients keep (`completion.model_extra["citations"]`), so any chat UI can use it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+from fastapi import APIRouter, HTTPException
+from fastapi.responses import StreamingResponse
+
+from freshrag.api.deps import CallerDep, ServicesDep
+from freshrag.api.retrieval import retrieve_sources
+from freshrag.api.routes.chat import (
+    citation_out,
+    first_event,
+    source_out,
+    split_messages,
+    upstream_error,
+)
+from freshrag.api.schemas import Filters, OpenAIChatBody
+from freshrag.generate.answer import AnswerDelta, AnswerDone, AnswerStart
+from freshrag.generate.llm import LLMError
+
+router = APIRouter(prefix="/v1", tags=["openai"])
+MODEL = "freshrag"
+
+
+@router.get("/models")
+def models(caller: CallerDep) -> dict[str, Any]:
+    return {"object": "list", "data": [{"id": MODEL, "object": "model", "owned_by": "freshrag"}]}
+
+
+@router.post("/chat/completions")
+def chat_completions(body: OpenAIChatBody, caller: CallerDep, services: ServicesDep) -> Any:
+    if body.model != MODEL and not body.model.startswith(MODEL + ":"):
+        raise HTTPException(
+            404,
+            {
+                "type": "invalid_request_error",
+                "code": "model_not_found",
+                "field": "model",
+                "message": f"model '{body.model}' does not exist; use '{MODEL}'",
+            },
+        )
+    question, history = split_messages(body.messages, services)
+    retrieved = retrieve_sources(
+        services, caller, question, Filters(), services.settings.chat_top_k, fresh=False
+    )
+    completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+    created = int(time.time())
+
+    if not body.stream:
+        try:
+            answer = services.answerer.answer(question, retrieved.sources, history)
+        except LLMError as exc:
+            return upstream_error(exc, retrieved, openai_style=True)
+        return {
+            "id": completion_id,
+            "object": "chat.completion",
+            "created": created,
+            "model": MODEL,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": answer.text},
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {
+                "prompt_tokens": answer.prompt_tokens,
+                "completion_tokens": 0,
+                "total_tokens": answer.prompt_tokens,
+            },
+            "citations": [citation_out(c).model_dump() for c in answer.citations],
+            "sources": [source_out(ns).model_dump() for ns in answer.sources_used],
+            "refused": answer.refused,
+            "citations_inferred": answer.citations_inferred,
+        }
+
+    try:
+        first, events = first_event(services, question, retrieved, history)
+    except LLMError as exc:
+        return upstream_error(exc, retrieved, openai_style=True)
+
+    def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
+        body_ = {
+            "id": completion_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": MODEL,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            **extra,
+        }
+        return f"data: {json.dumps(body_, default=str)}\n\n"
+
+    def stream() -> Iterator[str]:
+        event: Any = first
+        try:
+            while event is not None:
+                if isinstance(event, AnswerStart):
+                    yield chunk({"role": "assistant", "content": ""})
+                elif isinstance(event, AnswerDelta):
+                    yield chunk({"content": event.text})
+                elif isinstance(event, AnswerDone):
+                    answer = event.answer
+                    yield chunk(
+                        {},
+                        "stop",
+                        citations=[citation_out(c).model_dump() for c in answer.citations],
+                        sources=[source_out(ns).model_dump() for ns in answer.sources_used],
+                        refused=answer.refused,
+                        citations_inferred=answer.citations_inferred,
+                    )
+                event = next(events, None)
+        except LLMError as exc:
+            err = {"message": exc.reason, "type": "upstream_unavailable", "upstream": exc.upstream}
+            yield f"data: {json.dumps({'error': err})}\n\n"
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(
+        stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+    )

@@ -1,0 +1,44 @@
+"""POST /v1/search: hybrid search scoped to the caller's tenant."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, HTTPException
+
+from freshrag.api.consistency import wait_for_token
+from freshrag.api.deps import CallerDep, ServicesDep
+from freshrag.api.retrieval import hit_out, index_info, search_filter
+from freshrag.api.schemas import SearchBody, SearchOut
+from freshrag.retrieve.search import SearchRequest
+
+router = APIRouter(prefix="/v1", tags=["search"])
+
+
+@router.post("/search", response_model=SearchOut)
+def search(body: SearchBody, caller: CallerDep, services: ServicesDep) -> SearchOut:
+    if len(body.query) > services.settings.max_query_chars:
+        raise HTTPException(
+            422, {"type": "invalid", "field": "query", "message": "query is too long"}
+        )
+    wait_for_token(services, body.consistency_token)
+    started = time.perf_counter()
+    req = SearchRequest(
+        query=body.query,
+        filter=search_filter(caller, body.filters),
+        top_k=body.top_k,
+        mode=body.mode,
+        fresh=body.fresh,
+        half_life_hours=body.half_life_hours,
+        dedupe=body.dedupe,
+        group=body.group,
+    )
+    result = services.searcher.search(req)
+    elapsed = time.perf_counter() - started
+    services.metrics.retrieval.observe(elapsed)
+    return SearchOut(
+        hits=[hit_out(h) for h in result.hits],
+        mode=result.mode,
+        took_ms=round(elapsed * 1000, 2),
+        index=index_info(services, [h.updated_at for h in result.hits]),
+    )

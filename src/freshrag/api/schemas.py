@@ -1,0 +1,177 @@
+"""Request and response bodies. Bounds live here so violations get a 422 naming the field."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+MAX_TOP_K = 100
+MAX_FILTER_VALUES = 100
+MAX_QUERY_CHARS = 2_000
+MAX_MESSAGES = 32
+MAX_MESSAGE_CHARS = 8_000
+
+MetaValue = str | int | float | bool
+
+
+class Filters(BaseModel):
+    """Optional narrowing; the tenant is never here: it comes from the API key."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    metadata: dict[str, str | int | bool] = Field(default_factory=dict, max_length=20)
+    metadata_any: dict[str, list[str | int]] = Field(default_factory=dict, max_length=20)
+    updated_after: datetime | None = None
+    updated_before: datetime | None = None
+    doc_ids: list[str] | None = Field(None, max_length=MAX_FILTER_VALUES)
+
+    @field_validator("metadata_any")
+    @classmethod
+    def _bounded_lists(cls, value: dict[str, list[str | int]]) -> dict[str, list[str | int]]:
+        for key, items in value.items():
+            if len(items) > MAX_FILTER_VALUES:
+                raise ValueError(f"metadata_any.{key} has more than {MAX_FILTER_VALUES} values")
+        return value
+
+
+class SearchBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    query: str = Field(min_length=1, max_length=MAX_QUERY_CHARS)
+    top_k: int = Field(10, ge=1, le=MAX_TOP_K)
+    filters: Filters = Field(default_factory=Filters)
+    mode: Literal["hybrid", "dense", "bm25"] = "hybrid"
+    fresh: bool = Field(False, description="boost recently updated documents")
+    half_life_hours: float | None = Field(None, gt=0, le=24 * 365 * 10)
+    dedupe: bool = Field(False, description="one hit per document (its best chunk)")
+    group: bool = Field(False, description="hits grouped per document")
+    consistency_token: str | None = Field(None, max_length=2_000)
+
+
+class HitOut(BaseModel):
+    doc_id: str
+    chunk_index: int
+    score: float
+    text: str
+    title: str
+    url: str | None
+    version: int
+    updated_at: datetime | None
+    heading: str = ""
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class IndexInfo(BaseModel):
+    """How fresh the answer is: index watermarks and the newest document used."""
+
+    watermark: dict[str, int] = Field(default_factory=dict)
+    freshest_document_age_s: float | None = None
+
+
+class SearchOut(BaseModel):
+    hits: list[HitOut]
+    mode: str
+    took_ms: float
+    index: IndexInfo = Field(default_factory=IndexInfo)
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "user", "assistant", "tool", "developer"]
+    content: str | None = Field(None, max_length=MAX_MESSAGE_CHARS)
+
+
+class ChatBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    question: str | None = Field(None, min_length=1, max_length=MAX_QUERY_CHARS)
+    messages: list[Message] | None = Field(None, max_length=MAX_MESSAGES)
+    filters: Filters = Field(default_factory=Filters)
+    top_k: int = Field(5, ge=1, le=20)
+    fresh: bool = False
+    stream: bool = False
+    consistency_token: str | None = Field(None, max_length=2_000)
+
+
+class CitationOut(BaseModel):
+    number: int
+    doc_id: str
+    title: str
+    url: str | None
+    version: int
+    updated_at: str | None
+    chunk_index: int
+    text: str
+
+
+class SourceOut(BaseModel):
+    number: int
+    doc_id: str
+    title: str
+    url: str | None
+    version: int
+    updated_at: str | None
+    chunk_index: int
+    score: float
+    text: str
+
+
+class ChatOut(BaseModel):
+    answer: str
+    citations: list[CitationOut]
+    sources: list[SourceOut]
+    refused: bool
+    citations_inferred: bool = Field(
+        False, description="the model wrote no [n] markers; they were attributed by word overlap"
+    )
+    index: IndexInfo = Field(default_factory=IndexInfo)
+
+
+class OpenAIChatBody(BaseModel):
+    """The subset of the OpenAI chat completions request that freshrag honours."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(min_length=1, max_length=200)
+    messages: list[Message] = Field(min_length=1, max_length=MAX_MESSAGES)
+    stream: bool = False
+    max_tokens: int | None = Field(None, ge=1, le=4096)
+    max_completion_tokens: int | None = Field(None, ge=1, le=4096)
+    user: str | None = None
+
+
+class DocumentBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1, max_length=512)
+    title: str = Field("", max_length=2_000)
+    text: str = Field(min_length=1)
+    url: str | None = Field(None, max_length=4_096)
+    source: str | None = Field("api", max_length=256)
+    metadata: dict[str, MetaValue | list[MetaValue]] = Field(default_factory=dict, max_length=50)
+    version: int | None = Field(None, ge=0)
+    updated_at: datetime | None = None
+
+
+class WriteOut(BaseModel):
+    id: str
+    op: Literal["upsert", "delete"]
+    topic: str
+    partition: int
+    offset: int
+    consistency_token: str
+
+
+class DocumentStatusOut(BaseModel):
+    id: str
+    version: int
+    chunk_count: int
+    indexed_at: str
+    updated_at: str
+
+
+class ErrorOut(BaseModel):
+    error: dict[str, Any]
