@@ -11,7 +11,7 @@ API_PORT ?= 8000
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: run test stop venv setup services lint typecheck unit integration bench clean help
+.PHONY: run test stop venv setup browser services lint typecheck unit integration bench clean help
 
 help:
 	@echo "make run    set up (venv, Kafka jars, LLM server) and start the main job"
@@ -29,6 +29,10 @@ $(STAMP): pyproject.toml
 setup: venv
 	infra/kafka/kafka.sh fetch
 	infra/llm/llm.sh setup
+
+# Debian's Chromium for the browser test (Playwright drives it; no browser download).
+browser:
+	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
 services: setup
 	infra/kafka/kafka.sh start --port $(KAFKA_PORT) --dir $(RUN_DIR)/kafka
@@ -54,7 +58,7 @@ typecheck: venv
 unit: venv
 	$(PY) -m pytest tests/unit -q
 
-test: setup lint typecheck
+test: setup browser lint typecheck
 	$(PY) -m pytest tests -q --junitxml=$(RUN_DIR)/pytest.xml
 
 bench: setup

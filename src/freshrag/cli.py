@@ -129,6 +129,229 @@ def load(
     console.print(f"produced {sent} documents to {settings.topic} at {settings.kafka_bootstrap}")
 
 
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="default: FRESHRAG_API_HOST")] = None,
+    port: Annotated[int | None, typer.Option(help="default: FRESHRAG_API_PORT")] = None,
+    workers: Annotated[int, typer.Option(help="uvicorn worker processes")] = 1,
+) -> None:
+    """Run the API (uvicorn). Replicas are stateless and need Qdrant server (QDRANT_URL)."""
+    import uvicorn
+
+    settings = _settings()
+    if workers > 1 and not settings.qdrant_url:
+        raise fail("several API workers need Qdrant server: set FRESHRAG_QDRANT_URL")
+    _logging()
+    uvicorn.run(
+        "freshrag.api.app:app_from_env",
+        factory=True,
+        host=host or settings.api_host,
+        port=port or settings.api_port,
+        workers=workers,
+    )
+
+
+@app.command()
+def up(
+    workers: Annotated[int, typer.Option("-w", "--workers-per-process")] = 1,
+    recovery_dir: Annotated[Path, typer.Option("-r", "--recovery-directory")] = Path(
+        ".run/recovery"
+    ),
+    snapshot_interval: Annotated[float, typer.Option("-s", "--snapshot-interval")] = 2.0,
+    topic_partitions: Annotated[int, typer.Option()] = 4,
+) -> None:
+    """The embedded default: ingest dataflow + API in one process over a Qdrant Edge shard."""
+    from freshrag.ingest.runner import IngestOptions
+    from freshrag.up import run_up
+
+    _logging()
+    settings = _settings()
+    run_up(
+        settings,
+        IngestOptions(
+            workers=workers,
+            recovery_dir=recovery_dir,
+            snapshot_interval=timedelta(seconds=snapshot_interval),
+            topic_partitions=topic_partitions,
+        ),
+    )
+
+
+@app.command()
+def search(
+    query: Annotated[str, typer.Argument(help="what to look for")],
+    tenant: Annotated[str, typer.Option(help="tenant to search")] = "default",
+    filter_: Annotated[
+        list[str] | None,
+        typer.Option("--filter", help="metadata KEY=VALUE (repeatable); doc_id=ID narrows to ids"),
+    ] = None,
+    top_k: Annotated[int, typer.Option("--top-k", min=1, max=100)] = 10,
+    fresh: Annotated[
+        bool, typer.Option("--fresh", help="boost recently updated documents")
+    ] = False,
+    mode: Annotated[str, typer.Option(help="hybrid | dense | bm25")] = "hybrid",
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Search the index directly (opens the store: stop `freshrag up` first when on Edge)."""
+    from freshrag.core.embedder import Embedder
+    from freshrag.core.sparse import Bm25Encoder
+    from freshrag.ingest.runner import open_settings_store
+    from freshrag.retrieve.contract import SearchFilter
+    from freshrag.retrieve.search import HybridSearcher, SearchRequest, result_table
+
+    settings = _settings()
+    metadata: dict[str, str] = {}
+    doc_ids: list[str] = []
+    for item in filter_ or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise fail(f"--filter expects KEY=VALUE, got {item!r}")
+        if key == "doc_id":
+            doc_ids.append(value)
+        else:
+            metadata[key] = value
+    if mode not in ("hybrid", "dense", "bm25"):
+        raise fail("--mode must be hybrid, dense or bm25")
+    try:
+        store = open_settings_store(settings)
+    except Exception as exc:
+        raise fail(f"cannot open the index: {exc}") from None
+    try:
+        searcher = HybridSearcher(store, Embedder(settings.embedder_model_path), Bm25Encoder())
+        flt = SearchFilter(tenant=tenant, metadata_equals=metadata, doc_ids=doc_ids or None)
+        result = searcher.search(
+            SearchRequest(query=query, filter=flt, top_k=top_k, fresh=fresh, mode=mode)  # type: ignore[arg-type]
+        )
+    finally:
+        store.close()
+    if as_json:
+        print(json.dumps([h.__dict__ for h in result.hits], default=str, indent=2))
+    else:
+        Console().print(result_table(result))
+
+
+@app.command()
+def ask(
+    question: Annotated[str, typer.Argument()],
+    api_url: Annotated[str, typer.Option(envvar="FRESHRAG_API_URL")] = "http://127.0.0.1:8000",
+    api_key: Annotated[str | None, typer.Option(envvar="FRESHRAG_API_KEY")] = None,
+    fresh: bool = False,
+) -> None:
+    """Ask the running API; prints the answer as it streams, then its citations."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    out = Console()
+    body = {"question": question, "stream": True, "fresh": fresh}
+    try:
+        with httpx.stream(
+            "POST", f"{api_url}/v1/chat", json=body, headers=headers, timeout=120
+        ) as response:
+            if response.status_code != 200:
+                response.read()
+                raise fail(f"{response.status_code} from {api_url}: {response.text[:500]}", 1)
+            event = ""
+            for line in response.iter_lines():
+                if line.startswith("event: "):
+                    event = line[7:]
+                elif line.startswith("data: "):
+                    data = json.loads(line[6:])
+                    if event == "token":
+                        out.print(data["text"], end="", soft_wrap=True, highlight=False)
+                    elif event == "done":
+                        out.print()
+                        _print_citations(out, data)
+                    elif event == "error":
+                        raise fail(f"upstream error: {data.get('message')}", 1)
+    except httpx.HTTPError as exc:
+        raise fail(f"cannot reach {api_url}: {exc}", 1) from None
+
+
+def _print_citations(out: Console, done: dict[str, object]) -> None:
+    citations = done.get("citations") or []
+    if done.get("refused"):
+        out.print("[dim](no indexed source covers this question)[/dim]")
+        return
+    if not citations:
+        out.print("[dim](no citations)[/dim]")
+        return
+    out.print("\n[bold]Sources[/bold]")
+    for c in citations:  # type: ignore[attr-defined]
+        out.print(
+            f"  [{c['number']}] {c['title'] or c['doc_id']}  v{c['version']}  "
+            f"updated {c['updated_at']}  {c['url'] or ''}"
+        )
+
+
+@app.command("eval")
+def evaluate(
+    dataset_dir: Annotated[
+        Path, typer.Argument(help="BEIR dataset: corpus.jsonl, queries.jsonl, qrels/")
+    ],
+    split: Annotated[
+        str | None, typer.Option(help="qrels split (default: train, else test)")
+    ] = None,
+    index_path: Annotated[Path, typer.Option(help="Edge shard for the evaluation index")] = Path(
+        ".cache/eval-index"
+    ),
+    max_queries: Annotated[int | None, typer.Option()] = None,
+    reindex: bool = False,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="also write the report here")
+    ] = None,
+) -> None:
+    """nDCG@10, recall@100 and MRR@10 for dense, BM25 and hybrid on a BEIR dataset."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from freshrag.core.embedder import Embedder
+    from freshrag.core.sparse import Bm25Encoder
+    from freshrag.ingest.indexing import ChunkingConfig
+    from freshrag.retrieve.edge_store import EdgeStore
+    from freshrag.retrieve.evaluation import EvalError, run_eval
+    from freshrag.retrieve.search import HybridSearcher
+
+    settings = _settings()
+    embedder = Embedder(settings.embedder_model_path, batch_size=settings.embed_batch_size)
+    store = EdgeStore(index_path, "eval")
+    store.ensure_collection()
+    tasks: dict[str, object] = {}
+    try:
+        with Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+        ) as progress:
+
+            def report(stage: str, done: int, total: int) -> None:
+                if stage not in tasks:
+                    tasks[stage] = progress.add_task(stage, total=total)
+                progress.update(tasks[stage], completed=done, total=total)  # type: ignore[arg-type]
+
+            result = run_eval(
+                dataset_dir,
+                store,
+                HybridSearcher(store, embedder, Bm25Encoder()),
+                embedder,
+                chunking=ChunkingConfig(
+                    max_tokens=settings.chunk_tokens, overlap=settings.chunk_overlap
+                ),
+                split=split,
+                max_queries=max_queries,
+                reindex=reindex,
+                progress=report,
+            )
+    except EvalError as exc:
+        raise fail(str(exc), 1) from None
+    finally:
+        store.close()
+    Console().print(result.to_table())
+    print(result.to_json())
+    if json_out is not None:
+        json_out.write_text(result.to_json())
+
+
 @app.command("settings")
 def show_settings() -> None:
     """Print the effective settings (secrets masked)."""

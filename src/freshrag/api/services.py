@@ -63,6 +63,7 @@ class Services:
     producer: Any  # DocumentProducer | None: None means document writes answer 503
     metrics: ApiMetrics
     watermarks: Callable[[], dict[str, int]] | None = None
+    recent: Any = None  # ingest.activity.RecentWrites when the flow runs in this process
     owned: list[Any] = field(default_factory=list)
 
     def close(self) -> None:
@@ -81,6 +82,8 @@ def build_services(
     producer: Any = None,
     with_producer: bool = True,
     watermarks: Callable[[], dict[str, int]] | None = None,
+    recent: Any = None,
+    registry: CollectorRegistry | None = None,
 ) -> Services:
     """Build what was not handed in; only what is built here is closed by `Services.close`."""
     from freshrag.core.sparse import Bm25Encoder
@@ -123,7 +126,8 @@ def build_services(
         llm=llm,
         answerer=answerer,
         producer=producer,
-        metrics=ApiMetrics(),
+        metrics=ApiMetrics(registry),
         watermarks=watermarks,
+        recent=recent,
         owned=owned,
     )

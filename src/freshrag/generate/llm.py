@@ -154,6 +154,7 @@ class LLMClient:
         backoff_max_s: float = 8.0,
         temperature: float = 0.0,
         seed: int | None = 42,
+        stop: Sequence[str] | None = ("<source", "</source"),
         ping_timeout_s: float = 3.0,
         client: OpenAI | None = None,
     ) -> None:
@@ -165,6 +166,8 @@ class LLMClient:
         self.backoff_max_s = backoff_max_s
         self.temperature = temperature
         self.seed = seed
+        # Small models sometimes start echoing the prompt's source blocks: cut the answer there.
+        self.stop = list(stop) if stop else None
         self.ping_timeout_s = ping_timeout_s
         self._client = client or OpenAI(
             base_url=base_url, api_key=key or "none", timeout=timeout_s, max_retries=0
@@ -270,6 +273,8 @@ class LLMClient:
         }
         if self.seed is not None:
             params["seed"] = self.seed
+        if self.stop:
+            params["stop"] = self.stop
         return params
 
     def _retrying(self, fn: Callable[[], T]) -> T:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any, cast
 
@@ -24,6 +24,7 @@ from freshrag.ingest.events import (
     DebeziumMapping,
     Delete,
     EventLimits,
+    RecordOrigin,
     parse_record,
 )
 from freshrag.ingest.indexing import (
@@ -43,6 +44,7 @@ from freshrag.ingest.kafka_io import (
 )
 from freshrag.ingest.metrics import IngestMetrics
 from freshrag.ingest.store_sink import StoreSink, WriteListener
+from freshrag.ingest.watermarks import WatermarkTracker
 from freshrag.retrieve.contract import Store
 
 Bytes = bytes | None
@@ -61,6 +63,7 @@ class FlowParts:
     stop: threading.Event
     mapping: DebeziumMapping = field(default_factory=DebeziumMapping)
     listener: WriteListener | None = None
+    watermarks: WatermarkTracker = field(default_factory=WatermarkTracker)
 
 
 def _bucket(event: ChangeEvent) -> str:
@@ -78,6 +81,19 @@ def build_flow(parts: FlowParts, flow_id: str = "freshrag-ingest") -> Dataflow:
         indexed_versions=parts.store.document_versions,
     )
     brokers = s.kafka_bootstrap.split(",")
+    tracker = parts.watermarks
+
+    def on_read(topic: str, partition: int, next_offset: int, offsets: list[int]) -> None:
+        metrics.on_read(topic, partition, next_offset, offsets)
+        tracker.read(partition, offsets, next_offset)
+
+    def final(*origins: RecordOrigin) -> None:
+        tracker.done_many((o.partition, o.offset) for o in origins)
+
+    def written(writes: list[IndexWrite]) -> None:
+        final(*(o for w in writes for o in (w.event.origin, *w.completes)))
+        if parts.listener is not None:
+            parts.listener(writes)
 
     flow = Dataflow(flow_id)
     source = StoppableKafkaSource(
@@ -85,7 +101,7 @@ def build_flow(parts: FlowParts, flow_id: str = "freshrag-ingest") -> Dataflow:
         [s.topic],
         parts.stop,
         batch_size=s.embed_batch_size * 4,
-        on_read=metrics.on_read,
+        on_read=on_read,
     )
     raw = op.input("kafka_in", flow, source)
     consumed = op.branch("split_consume_errors", raw, lambda m: not hasattr(m, "err"))
@@ -109,6 +125,7 @@ def build_flow(parts: FlowParts, flow_id: str = "freshrag-ingest") -> Dataflow:
         state, out = version_gate(last, event)
         if out is None:
             metrics.events.labels(_op(event), "stale").inc()
+            final(event.origin)
         return state, out
 
     gated = op.filter_map_value(
@@ -129,16 +146,24 @@ def build_flow(parts: FlowParts, flow_id: str = "freshrag-ingest") -> Dataflow:
         if result.chunks_embedded:
             metrics.embed_batch_size.observe(result.chunks_embedded)
             metrics.embed_latency.observe(result.embed_seconds)
+        superseded: dict[str, list[RecordOrigin]] = {}
         for e in result.skipped:
             metrics.events.labels(_op(e), "skipped_indexed").inc()
+            final(e.origin)
         for e in result.superseded:
             metrics.events.labels(_op(e), "superseded").inc()
-        return [*result.writes, *result.dead_letters]
+            superseded.setdefault(e.doc_key, []).append(e.origin)
+        writes: list[IndexWrite] = []
+        for w in result.writes:
+            done_with = superseded.pop(w.event.doc_key, [])
+            writes.append(replace(w, completes=tuple(done_with)) if done_with else w)
+        final(*(o for origins in superseded.values() for o in origins))  # skipped or DLQ'd
+        return [*writes, *result.dead_letters]
 
     processed = op.flat_map("chunk_embed", batches, process)
     outcome = op.branch("split_process_errors", processed, lambda x: not isinstance(x, DeadLetter))
     writes = cast(Stream[IndexWrite], outcome.trues)
-    op.output("index", writes, StoreSink(parts.store, metrics, parts.listener))
+    op.output("index", writes, StoreSink(parts.store, metrics, written))
 
     process_dlq = cast(Stream[DeadLetter], outcome.falses)
     dead = cast(Stream[DeadLetter], op.merge("dead_letters", consume_dlq, parse_dlq, process_dlq))
@@ -146,6 +171,7 @@ def build_flow(parts: FlowParts, flow_id: str = "freshrag-ingest") -> Dataflow:
     def count_dead(d: DeadLetter) -> DeadLetter:
         metrics.dead_letters.labels(d.error_class, d.step).inc()
         metrics.events.labels("unknown", "dead_letter").inc()
+        final(d.origin)
         return d
 
     counted = op.map("count_dead", dead, count_dead)

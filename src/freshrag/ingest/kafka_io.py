@@ -20,8 +20,8 @@ from freshrag.ingest.events import DeadLetter, RawRecord, RecordOrigin
 
 IDLE_POLL = timedelta(milliseconds=20)
 
-# (topic, partition, next offset to read, records in this batch)
-ReadListener = Callable[[str, int, int, int], None]
+# (topic, partition, next offset to read, offsets of the records in this batch)
+ReadListener = Callable[[str, int, int, list[int]], None]
 
 
 class _StoppablePartition(StatefulSourcePartition[Any, Any]):
@@ -51,7 +51,8 @@ class _StoppablePartition(StatefulSourcePartition[Any, Any]):
         if self._on_read is not None:
             position = self._inner.snapshot()
             if isinstance(position, int) and position >= 0:
-                self._on_read(self._topic, self._partition, position, len(batch))
+                offsets = [_offset_of(item) for item in batch]
+                self._on_read(self._topic, self._partition, position, offsets)
         return batch
 
     def next_awake(self) -> datetime | None:
@@ -62,6 +63,11 @@ class _StoppablePartition(StatefulSourcePartition[Any, Any]):
 
     def close(self) -> None:
         self._inner.close()
+
+
+def _offset_of(item: Any) -> int:
+    message = getattr(item, "msg", item)  # KafkaError wraps the message
+    return int(message.offset or 0)
 
 
 class StoppableKafkaSource(KafkaSource):  # type: ignore[misc]

@@ -55,7 +55,7 @@ class IngestMetrics:
             registry=r,
         )
 
-    def on_read(self, topic: str, partition: int, next_offset: int, count: int) -> None:
+    def on_read(self, topic: str, partition: int, next_offset: int, offsets: list[int]) -> None:
         self.source_offset.labels(topic, str(partition)).set(next_offset)
-        if count:
-            self.records_read.inc(count)
+        if offsets:
+            self.records_read.inc(len(offsets))

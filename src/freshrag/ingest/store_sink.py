@@ -60,7 +60,7 @@ class _StorePartition(StatelessSinkPartition[IndexWrite]):
             self._metrics.freshness_lag.observe(max(0.0, now - w.event.origin.timestamp_ms / 1000))
             if isinstance(w, WriteUpsert):
                 self._metrics.chunks_written.inc(len(w.points))
-        if self._listener is not None:
+        if self._listener is not None:  # after the write: watermarks may now advance
             self._listener(items)
 
     def close(self) -> None:

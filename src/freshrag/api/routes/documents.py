@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Query
@@ -74,6 +75,16 @@ def upsert_document(body: DocumentBody, caller: CallerDep, services: ServicesDep
     if body.updated_at is not None:
         event["updated_at"] = body.updated_at.isoformat()
     return _out(body.id, "upsert", _send(services, event))
+
+
+@router.get("", response_model=list[dict[str, Any]])
+def recent_documents(
+    caller: CallerDep, services: ServicesDep, limit: int = Query(20, ge=1, le=200)
+) -> list[dict[str, Any]]:
+    """Recently indexed documents of the caller's tenant (live when the flow runs in-process)."""
+    if services.recent is None:
+        return []
+    return [asdict(a) for a in services.recent.latest(caller.tenant, limit)]
 
 
 @router.delete("/{doc_id:path}", status_code=202, response_model=WriteOut)

@@ -1,0 +1,114 @@
+"""`freshrag up`: the embedded default. One process runs the ingest dataflow and the API over one
+Qdrant Edge shard on local disk, so no Qdrant server is needed. Kafka and the LLM come from
+the settings. SIGINT/SIGTERM stop the API, then the flow (which snapshots), then the shard."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from typing import Any
+
+from freshrag.core.settings import Settings
+from freshrag.ingest.runner import IngestOptions, open_settings_store, prepare_recovery
+
+log = logging.getLogger("freshrag.up")
+
+
+class FlowThread:
+    """The bytewax dataflow in a background thread; a stop event ends it cleanly."""
+
+    def __init__(self, flow: Any, opts: IngestOptions, stop: threading.Event) -> None:
+        self.flow = flow
+        self.opts = opts
+        self.stop_event = stop
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="freshrag-flow", daemon=True)
+
+    def _run(self) -> None:
+        from bytewax.run import cli_main
+
+        try:
+            cli_main(
+                self.flow,
+                workers_per_process=self.opts.workers,
+                epoch_interval=self.opts.snapshot_interval,
+                recovery_config=prepare_recovery(self.opts),
+            )
+        except BaseException as exc:
+            self.error = exc
+            log.exception("the ingest dataflow failed")
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self, timeout: float = 60) -> None:
+        self.stop_event.set()
+        self.thread.join(timeout)
+        if self.thread.is_alive():
+            log.error("the dataflow did not stop within %ss", timeout)
+
+
+def run_up(settings: Settings, opts: IngestOptions) -> None:
+    import uvicorn
+    from prometheus_client import CollectorRegistry
+
+    from freshrag.api.app import create_app
+    from freshrag.api.services import build_services
+    from freshrag.core.embedder import Embedder
+    from freshrag.core.sparse import Bm25Encoder
+    from freshrag.ingest.activity import RecentWrites
+    from freshrag.ingest.flow import FlowParts, build_flow
+    from freshrag.ingest.kafka_io import ensure_topics
+    from freshrag.ingest.metrics import IngestMetrics
+
+    ensure_topics(
+        settings.kafka_bootstrap,
+        [(settings.topic, opts.topic_partitions), (settings.dlq_topic, 1)],
+    )
+    registry = CollectorRegistry()  # one /metrics for the flow and the API
+    metrics = IngestMetrics(registry)
+    embedder = Embedder(
+        settings.embedder_model_path,
+        device=settings.embed_device,
+        batch_size=settings.embed_batch_size,
+        query_cache_size=settings.query_cache_size,
+    )
+    store = open_settings_store(settings)
+    recent = RecentWrites()
+    stop = threading.Event()
+    parts = FlowParts(
+        settings, store, embedder, Bm25Encoder(), metrics, stop, listener=recent.record
+    )
+    flow = FlowThread(build_flow(parts), opts, stop)
+    services = build_services(
+        settings,
+        store=store,
+        embedder=embedder,
+        watermarks=parts.watermarks.snapshot,
+        recent=recent,
+        registry=registry,
+    )
+    app = create_app(settings, services)
+    server = uvicorn.Server(
+        uvicorn.Config(app, host=settings.api_host, port=settings.api_port, log_level="info")
+    )
+    # uvicorn handles SIGINT/SIGTERM while it runs, then re-raises the signal to the previous
+    # handler: make that one a no-op so the flow and the shard still shut down cleanly below.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, _frame: log.info("signal %s: shutting down", signum))
+    flow.start()
+    log.info(
+        "freshrag up: API http://%s:%s (docs /docs), topic %s, index %s",
+        settings.api_host,
+        settings.api_port,
+        settings.topic,
+        settings.qdrant_url or settings.index_path,
+    )
+    try:
+        server.run()  # handles SIGINT/SIGTERM, returns after a graceful shutdown
+    finally:
+        flow.stop()
+        services.close()
+        store.close()
+        log.info("freshrag up stopped; index and recovery state kept")
