@@ -96,7 +96,7 @@ PROPS
   fi
   nohup java -Xms128m -Xmx"$HEAP" -XX:+UseG1GC -Djava.awt.headless=true \
     -Dlog4j2.configurationFile="$HERE/log4j2.properties" \
-    -cp "$LIB/*" kafka.Kafka "$DIR/server.properties" >"$LOG" 2>&1 &
+    -cp "$LIB/*" kafka.Kafka "$DIR/server.properties" >"$LOG" 2>&1 </dev/null &
   echo $! > "$PIDFILE"
   echo "127.0.0.1:$PORT" > "$DIR/bootstrap"
   local waited=0

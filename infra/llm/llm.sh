@@ -72,7 +72,7 @@ start() {
   local model; model="$(model_path)"
   nohup "$VENV/bin/python" -m llama_cpp.server --model "$model" --model_alias "$MODEL_ALIAS" \
     --chat_format chatml --host 127.0.0.1 --port "$PORT" --n_ctx 4096 --seed "$SEED" \
-    --n_threads "${LLM_THREADS:-2}" >"$LOG" 2>&1 &
+    --n_threads "${LLM_THREADS:-2}" >"$LOG" 2>&1 </dev/null &
   echo $! > "$PIDFILE"
   echo "http://127.0.0.1:$PORT/v1" > "$DIR/base_url"
   local waited=0

@@ -139,9 +139,14 @@ def test_sigterm_and_restart_resumes_from_recovery(
     produce_events(kafka_bootstrap, topic, batch_a)
 
     first = IngestProcess(kafka_bootstrap, topic, index, "-r", str(recovery), "-s", "0.5")
-    first.wait_caught_up(end_offsets(kafka_bootstrap, topic, 4))
+    ends = end_offsets(kafka_bootstrap, topic, 4)
+    first.wait_caught_up(ends)
     assert first.terminate() == 0, first.log.read_text()[-3000:]
     before = snapshot(index)
+    # the indexed watermarks were published through the store for API processes
+    published = EdgeStore(index, "freshrag")
+    assert published.load_watermarks(topic) == {str(p): o for p, o in ends.items()}
+    published.close()
     assert state_of(index) == expected_state(batch_a)
 
     # produced while ingest is down: updates, deletes, stale versions, a new tenant

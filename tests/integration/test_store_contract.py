@@ -636,3 +636,26 @@ def test_open_store_picks_backend(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     server.ensure_collection()
     assert server.count() == 0
     server.close()
+
+
+@pytest.mark.parametrize("backend", ["edge", "server"])
+def test_watermarks_round_trip_on_both_backends(backend: str, tmp_path: Path) -> None:
+    from qdrant_client import QdrantClient
+
+    from freshrag.retrieve.edge_store import EdgeStore
+    from freshrag.retrieve.server_store import QdrantServerStore
+
+    store: Any = (
+        EdgeStore(tmp_path / "wm", "freshrag")
+        if backend == "edge"
+        else QdrantServerStore(QdrantClient(":memory:"), "freshrag")
+    )
+    store.ensure_collection()
+    assert store.load_watermarks("documents") == {}
+    store.save_watermarks("documents", {"0": 12, "1": 7})
+    store.save_watermarks("other", {"0": 1})
+    store.save_watermarks("documents", {"0": 15, "1": 7})
+    assert store.load_watermarks("documents") == {"0": 15, "1": 7}
+    assert store.load_watermarks("other") == {"0": 1}
+    assert store.count() == 0  # watermarks never show up as chunks
+    store.close()

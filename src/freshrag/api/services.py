@@ -4,6 +4,7 @@ already owns them, as `freshrag up` and tests do)."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -74,6 +75,22 @@ class Services:
                 log.exception("closing %r failed", resource)
 
 
+def published_watermarks(
+    store: Store, topic: str, ttl_s: float = 0.05
+) -> Callable[[], dict[str, int]]:
+    """Read the watermarks an ingest process published, cached briefly (polled by waiters)."""
+    cache: dict[str, Any] = {"at": 0.0, "value": {}}
+
+    def read() -> dict[str, int]:
+        now = time.monotonic()
+        if now - cache["at"] > ttl_s:
+            cache["value"] = store.load_watermarks(topic)
+            cache["at"] = now
+        return dict(cache["value"])
+
+    return read
+
+
 def build_services(
     settings: Settings,
     *,
@@ -118,6 +135,8 @@ def build_services(
         min_score=settings.chat_min_score,
     )
     searcher = HybridSearcher(store, embedder, Bm25Encoder())
+    if watermarks is None:  # a separate ingest process publishes them through the store
+        watermarks = published_watermarks(store, settings.topic)
     return Services(
         settings=settings,
         store=store,

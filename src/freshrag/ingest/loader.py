@@ -66,6 +66,7 @@ def _folder(root: Path) -> Iterator[dict[str, Any]]:
             if line.startswith("# "):
                 title = line[2:].strip()
                 break
+        stat = path.stat()
         yield {
             "op": "upsert",
             "id": path.relative_to(root).as_posix(),
@@ -73,10 +74,20 @@ def _folder(root: Path) -> Iterator[dict[str, Any]]:
             "text": text,
             "source": "file",
             "url": path.resolve().as_uri(),
+            # the file's mtime: loading an unchanged file again is a no-op for the index
+            "version": stat.st_mtime_ns // 1_000_000,
+            "updated_at": _iso(stat.st_mtime),
         }
 
 
+def _iso(timestamp: float) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(timestamp, tz=UTC).isoformat()
+
+
 def _jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    file_version = path.stat().st_mtime_ns // 1_000_000  # rows without a version
     with path.open(encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
@@ -97,6 +108,7 @@ def _jsonl(path: Path) -> Iterator[dict[str, Any]]:
                 "text": row.get("text"),
                 "source": row.get("source", path.stem),
             }
+            event["version"] = file_version
             for key in ("tenant", "version", "url", "updated_at"):
                 if row.get(key) is not None:
                     event[key] = row[key]

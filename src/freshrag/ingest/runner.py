@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -73,6 +74,40 @@ def open_settings_store(settings: Settings) -> Store:
     return store
 
 
+class WatermarkPublisher:
+    """Publishes the flow's indexed watermarks to the store, so separate API processes can
+    serve read-your-writes (`consistency_token`)."""
+
+    def __init__(self, store: Store, topic: str, snapshot: Callable[[], dict[str, int]]) -> None:
+        self._store = store
+        self._topic = topic
+        self._snapshot = snapshot
+        self._stop = threading.Event()
+        self._last: dict[str, int] | None = None
+        self._thread = threading.Thread(target=self._run, name="watermarks", daemon=True)
+
+    def _publish(self) -> None:
+        current = self._snapshot()
+        if current and current != self._last:
+            self._store.save_watermarks(self._topic, current)
+            self._last = current
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            try:
+                self._publish()
+            except Exception:  # the index being briefly unreachable must not end ingest
+                log.exception("publishing watermarks failed")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._publish()
+
+
 def run_ingest(settings: Settings, opts: IngestOptions) -> None:
     """Run `freshrag ingest` until SIGTERM/SIGINT; state and offsets go to recovery snapshots."""
     from bytewax.run import cli_main
@@ -101,9 +136,12 @@ def run_ingest(settings: Settings, opts: IngestOptions) -> None:
         batch_size=settings.embed_batch_size,
     )
     store = open_settings_store(settings)
+    parts = FlowParts(settings, store, embedder, Bm25Encoder(), metrics, stop)
+    publisher = WatermarkPublisher(store, settings.topic, parts.watermarks.snapshot)
     try:
-        flow = build_flow(FlowParts(settings, store, embedder, Bm25Encoder(), metrics, stop))
+        flow = build_flow(parts)
         recovery = prepare_recovery(opts)
+        publisher.start()
         log.info(
             "ingest: topic %s -> %s, %d worker(s), recovery %s",
             settings.topic,
@@ -120,5 +158,6 @@ def run_ingest(settings: Settings, opts: IngestOptions) -> None:
             recovery_config=recovery,
         )
     finally:
+        publisher.stop()
         store.close()
     log.info("ingest stopped cleanly")

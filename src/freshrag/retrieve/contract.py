@@ -147,6 +147,12 @@ class Store(Protocol):
 
     def query_sparse(self, vector: SparseVector, flt: SearchFilter, limit: int) -> list[Hit]: ...
 
+    def save_watermarks(self, topic: str, watermarks: Mapping[str, int]) -> None:
+        """Publish the flow's indexed watermarks ({partition: offset}) for API readers."""
+
+    def load_watermarks(self, topic: str) -> dict[str, int]:
+        """The last published watermarks of `topic` ({} when none)."""
+
     def scroll_payloads(self, tenant: str | None = None) -> list[dict[str, Any]]:
         """Every point's payload (tests, audits and small exports; not for hot paths)."""
 

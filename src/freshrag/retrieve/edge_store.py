@@ -8,8 +8,9 @@ closing, so a concurrent `close()` cannot race a lazy open.
 from __future__ import annotations
 
 import json
+import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -213,6 +214,26 @@ class EdgeStore:
             self.ensure_collection()
             shard = self._shard
         return shard
+
+    # -- watermarks: a small JSON file beside the shard, replaced atomically -------------------
+
+    def _watermark_file(self, topic: str) -> Path:
+        safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in topic)
+        return self.path / f"{self.collection}.watermarks.{safe}.json"
+
+    def save_watermarks(self, topic: str, watermarks: Mapping[str, int]) -> None:
+        target = self._watermark_file(topic)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(".tmp")
+        tmp.write_text(json.dumps(dict(watermarks)))
+        os.replace(tmp, target)
+
+    def load_watermarks(self, topic: str) -> dict[str, int]:
+        try:
+            data = json.loads(self._watermark_file(topic).read_text())
+        except (FileNotFoundError, ValueError):
+            return {}
+        return {str(k): int(v) for k, v in data.items()}
 
     def flush(self) -> None:
         """Persist pending writes (the WAL already makes them durable; this speeds reopening)."""

@@ -6,8 +6,9 @@ relies on that to delete stale versions right after upserting the new one.
 
 from __future__ import annotations
 
+import uuid
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from qdrant_client import QdrantClient, models
@@ -97,6 +98,30 @@ def build_filter(flt: SearchFilter) -> models.Filter:
 
 class QdrantServerStore:
     """Contract store on one collection of a Qdrant server."""
+
+    def save_watermarks(self, topic: str, watermarks: Mapping[str, int]) -> None:
+        """One vector-less point per topic in `<collection>_watermarks`."""
+        name = f"{self.collection}_watermarks"
+        if not self.client.collection_exists(name):
+            self.client.create_collection(name, vectors_config={})
+        point = models.PointStruct(
+            id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"watermarks/{topic}")),
+            vector={},
+            payload={"topic": topic, "partitions": dict(watermarks)},
+        )
+        self.client.upsert(name, points=[point], wait=True)
+
+    def load_watermarks(self, topic: str) -> dict[str, int]:
+        name = f"{self.collection}_watermarks"
+        if not self.client.collection_exists(name):
+            return {}
+        records = self.client.retrieve(
+            name, [str(uuid.uuid5(uuid.NAMESPACE_URL, f"watermarks/{topic}"))], with_payload=True
+        )
+        if not records or not records[0].payload:
+            return {}
+        partitions = records[0].payload.get("partitions") or {}
+        return {str(k): int(v) for k, v in partitions.items()}
 
     def __init__(self, client: QdrantClient, collection: str = DEFAULT_COLLECTION) -> None:
         self.client = client
