@@ -208,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--no-embed", action="store_true", help="skip the real-embedder timings")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = ap.parse_args(argv)
-    console = Console()
+    console = Console(width=max(Console().width, 120))
 
     def log(msg: str) -> None:
         console.log(msg)
@@ -232,6 +232,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 stats.optimize_s = optimize(store)
                 builds.append(stats)
                 log(f"optimize: {stats.optimize_s} s")
+                time_searches(searcher, queries, tenants, "hybrid")  # warm the new segments
                 for mode in MODES_TIMED:
                     ms = time_searches(searcher, queries, tenants, mode)
                     rows.append(row(size, tenants, mode, "optimized shard", ms))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -161,9 +161,12 @@ class SearchResult:
     mode: SearchMode
     groups: list[SearchGroup] | None = None
     candidates: int = 0
-    embed_ms: float = 0.0
-    search_ms: float = 0.0
-    timings: dict[str, float] = field(default_factory=dict)
+    embed_ms: float = 0.0  # query embedding (≈0 on an LRU cache hit)
+    search_ms: float = 0.0  # store queries + fusion + re-ranking
+
+    @property
+    def total_ms(self) -> float:
+        return self.embed_ms + self.search_ms
 
     @property
     def doc_ids(self) -> list[str]:
@@ -243,7 +246,6 @@ class HybridSearcher:
             candidates=len({h.point_id for h in (*dense, *sparse)}),
             embed_ms=embed_ms,
             search_ms=total_ms - embed_ms,
-            timings={"embed_ms": embed_ms, "total_ms": total_ms},
         )
 
     def with_defaults(self, **changes: Any) -> HybridSearcher:
@@ -276,7 +278,7 @@ def result_table(result: SearchResult, title: str | None = None, width: int = 90
         table.add_row(
             str(i),
             f"{hit.score:.4f}",
-            f"{hit.doc_id}#{hit.chunk_index}",
+            escape(f"{hit.doc_id}#{hit.chunk_index}"),
             str(hit.version),
             updated,
             label,
