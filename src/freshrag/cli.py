@@ -225,7 +225,9 @@ def search(
     finally:
         store.close()
     if as_json:
-        print(json.dumps([h.__dict__ for h in result.hits], default=str, indent=2))
+        from dataclasses import asdict
+
+        print(json.dumps([asdict(h) for h in result.hits], default=str, indent=2))
     else:
         Console().print(result_table(result))
 

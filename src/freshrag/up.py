@@ -42,6 +42,9 @@ class FlowThread:
     def start(self) -> None:
         self.thread.start()
 
+    def alive(self) -> bool:
+        return self.thread.is_alive() and self.error is None
+
     def stop(self, timeout: float = 60) -> None:
         self.stop_event.set()
         self.thread.join(timeout)
@@ -89,6 +92,7 @@ def run_up(settings: Settings, opts: IngestOptions) -> None:
         recent=recent,
         registry=registry,
     )
+    services.flow_alive = flow.alive
     app = create_app(settings, services)
     server = uvicorn.Server(
         uvicorn.Config(app, host=settings.api_host, port=settings.api_port, log_level="info")

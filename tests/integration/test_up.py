@@ -117,6 +117,8 @@ def test_read_your_writes_on_the_first_call(up: UpProcess) -> None:
         partition, offset = map(int, w["consistency_token"].split(":"))
         assert body["index"]["watermark"][str(partition)] > offset
         assert body["index"]["freshest_document_age_s"] is not None
+    checks = httpx.get(f"{up.url}/readyz").json()["checks"]
+    assert checks["ingest"]["ok"] and checks["kafka"]["ok"] and checks["store"]["ok"]
     r = http.post("/v1/search", json={"query": "x", "consistency_token": "not-a-token"})
     assert r.status_code == 422 and r.json()["error"]["field"] == "consistency_token"
 

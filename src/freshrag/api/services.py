@@ -65,6 +65,7 @@ class Services:
     metrics: ApiMetrics
     watermarks: Callable[[], dict[str, int]] | None = None
     recent: Any = None  # ingest.activity.RecentWrites when the flow runs in this process
+    flow_alive: Callable[[], bool] | None = None  # set by `freshrag up`
     owned: list[Any] = field(default_factory=list)
 
     def close(self) -> None:

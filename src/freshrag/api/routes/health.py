@@ -33,6 +33,8 @@ def readyz(services: ServicesDep) -> JSONResponse:
             "ok": bool(services.producer.ready()),
             "upstream": services.producer.bootstrap,
         }
+    if services.flow_alive is not None:
+        checks["ingest"] = {"ok": bool(services.flow_alive())}
     checks["llm"] = {"ok": bool(services.llm.ready()), "upstream": services.llm.upstream}
     ready = all(c["ok"] for c in checks.values())
     return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
