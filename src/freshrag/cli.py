@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.progress import Progress
 
 from freshrag.core.settings import Settings, SettingsError, load_settings
 
@@ -35,6 +36,19 @@ def _settings() -> Settings:
         return load_settings()
     except SettingsError as exc:
         raise fail(str(exc)) from None
+
+
+def _progress() -> Progress:
+    """The one progress bar style of the CLI (loading, indexing, evaluating)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, TimeElapsedColumn
+
+    return Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    )
 
 
 def _logging(verbose: bool = False) -> None:
@@ -93,8 +107,6 @@ def load(
     limit: Annotated[int | None, typer.Option(help="produce at most this many documents")] = None,
 ) -> None:
     """Produce documents as upsert events into the topic, with a progress bar."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
     from freshrag.ingest.loader import (
         LoadError,
         count_documents,
@@ -109,13 +121,7 @@ def load(
         total = count_documents(src)
         if limit is not None:
             total = min(total, limit)
-        with Progress(
-            "[progress.description]{task.description}",
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-        ) as progress:
+        with _progress() as progress:
             task = progress.add_task(f"loading {src.kind} {path.name}", total=total)
             sent = produce_events(
                 settings.kafka_bootstrap,
@@ -303,8 +309,6 @@ def evaluate(
     ] = None,
 ) -> None:
     """nDCG@10, recall@100 and MRR@10 for dense, BM25 and hybrid on a BEIR dataset."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
     from freshrag.core.embedder import Embedder
     from freshrag.core.sparse import Bm25Encoder
     from freshrag.ingest.indexing import ChunkingConfig
@@ -318,13 +322,7 @@ def evaluate(
     store.ensure_collection()
     tasks: dict[str, object] = {}
     try:
-        with Progress(
-            "[progress.description]{task.description}",
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-        ) as progress:
+        with _progress() as progress:
 
             def report(stage: str, done: int, total: int) -> None:
                 if stage not in tasks:

@@ -145,6 +145,10 @@ def produce_events(
         else:
             on_sent()
 
+    try:
+        producer.list_topics(timeout=10)
+    except KafkaException as exc:
+        raise LoadError(f"cannot reach Kafka at {bootstrap}: {exc}") from None
     sent = 0
     for event in events:
         if limit is not None and sent >= limit:
@@ -164,5 +168,8 @@ def produce_events(
         sent += 1
     remaining = producer.flush(60)
     if remaining or errors:
-        raise LoadError(f"{remaining} undelivered, {len(errors)} failed: {errors[:3]}")
+        raise LoadError(
+            f"{remaining} document(s) not acknowledged by Kafka at {bootstrap}, "
+            f"{len(errors)} failed: {errors[:3]}"
+        )
     return sent
