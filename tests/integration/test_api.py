@@ -313,3 +313,66 @@ def test_llm_down_gives_503_with_sources_and_search_still_works(
         assert r.status_code == 200 and r.json()["hits"][0]["doc_id"] == "volcano"
         assert http.get("/readyz").json()["checks"]["llm"]["ok"] is False
     services.close()
+
+
+def test_ask_command_streams_answer_then_citations(stack: Stack) -> None:
+    from typer.testing import CliRunner
+
+    from freshrag.cli import app
+
+    result = CliRunner().invoke(
+        app,
+        ["ask", "When do emperor penguins breed?", "--api-url", stack.url, "--api-key", KEY_A],
+    )
+    assert result.exit_code == 0, result.output
+    answer, _, cited = result.output.partition("Sources")
+    assert answer.strip()
+    assert "[1] Penguins" in cited or "(no citations)" in result.output
+    bad = CliRunner().invoke(app, ["ask", "x", "--api-url", stack.url, "--api-key", "wrong"])
+    assert bad.exit_code == 1 and "401" in bad.output
+
+
+def test_serve_command_runs_the_app_factory(stack: Stack, tmp_path: Path) -> None:
+    """`freshrag serve` as a process: settings from the environment, uvicorn, real services."""
+    import os
+    import sys
+
+    port = free_port()
+    env = {
+        **os.environ,
+        "FRESHRAG_KAFKA_BOOTSTRAP": stack.settings.kafka_bootstrap,
+        "FRESHRAG_TOPIC": stack.settings.topic,
+        "FRESHRAG_OPENAI_BASE_URL": stack.settings.openai_base_url,
+        "FRESHRAG_INDEX_PATH": str(tmp_path / "serve-index"),
+        "FRESHRAG_API_KEYS": f"{KEY_A}=tenant-a",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "freshrag.cli", "serve", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+
+        def ready() -> bool:
+            assert proc.poll() is None, "freshrag serve exited"
+            try:
+                return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(ready, timeout=120, what="freshrag serve ready")
+        r = httpx.post(
+            f"{url}/v1/documents", headers=A, json={"id": "via-serve", "text": "Queued by serve."}
+        )
+        assert r.status_code == 202 and r.json()["topic"] == stack.settings.topic
+        stack.wait_indexed(A, "via-serve")  # the running flow indexed what serve produced
+        assert (
+            httpx.get(f"{url}/v1/documents/x", headers={"Authorization": "Bearer bad"}).status_code
+            == 401
+        )
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
