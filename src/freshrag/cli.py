@@ -297,7 +297,7 @@ def evaluate(
         Path, typer.Argument(help="BEIR dataset: corpus.jsonl, queries.jsonl, qrels/")
     ],
     split: Annotated[
-        str | None, typer.Option(help="qrels split (default: train, else test)")
+        str | None, typer.Option(help="qrels split (default: test, then dev, then train)")
     ] = None,
     index_path: Annotated[Path, typer.Option(help="Edge shard for the evaluation index")] = Path(
         ".cache/eval-index"
@@ -350,6 +350,30 @@ def evaluate(
     print(result.to_json())
     if json_out is not None:
         json_out.write_text(result.to_json())
+
+
+@app.command()
+def optimize() -> None:
+    """Build the embedded index's HNSW graph (offline: stop `freshrag up` first)."""
+    import time
+
+    from freshrag.retrieve.edge_store import EdgeStore
+
+    settings = _settings()
+    if settings.qdrant_url:
+        raise fail("Qdrant server optimizes its collections itself; nothing to do", 1)
+    store = EdgeStore(settings.index_path, settings.collection)
+    try:
+        store.ensure_collection()
+        started = time.perf_counter()
+        with console.status(f"optimizing {store.count()} points in {settings.index_path}..."):
+            changed = store.optimize()
+        took = time.perf_counter() - started
+        console.print(f"{'optimized' if changed else 'already optimized'} in {took:.1f} s")
+    except Exception as exc:
+        raise fail(f"cannot optimize {settings.index_path}: {exc}", 1) from None
+    finally:
+        store.close()
 
 
 @app.command("settings")

@@ -77,3 +77,36 @@ def test_search_command(embedder: Any, tmp_path: Path, monkeypatch: pytest.Monke
     assert '"doc_id": "otters-de"' in result.output and '"doc_id": "otters"' not in result.output
     result = runner.invoke(app, ["search", "otters", "--filter", "nonsense"])
     assert result.exit_code == 2 and "KEY=VALUE" in result.output
+
+
+def test_optimize_command_keeps_the_index(
+    embedder: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from freshrag.retrieve.contract import SearchFilter
+
+    origin = RecordOrigin("documents", 0, 0, 0)
+    now = datetime.now(UTC)
+    docs = [
+        Upsert("acme", f"d{i}", 1, f"T{i}", f"Document {i} about topic {i % 7}.", now, origin)
+        for i in range(40)
+    ]
+    store = EdgeStore(tmp_path / "index", "freshrag")
+    store.ensure_collection()
+    apply_writes(
+        store, DocumentIndexer(embedder, Bm25Encoder(), ChunkingConfig()).process(docs).writes
+    )
+    before = store.query_dense(
+        embedder.embed_query("Document 12 about topic 5"), SearchFilter("acme"), 3
+    )
+    store.close()
+    monkeypatch.setenv("FRESHRAG_INDEX_PATH", str(tmp_path / "index"))
+    monkeypatch.delenv("QDRANT_URL", raising=False)
+    result = CliRunner().invoke(app, ["optimize"])
+    assert result.exit_code == 0 and "optimized" in result.output, result.output
+    store = EdgeStore(tmp_path / "index", "freshrag")
+    assert store.count() == 40
+    after = store.query_dense(
+        embedder.embed_query("Document 12 about topic 5"), SearchFilter("acme"), 3
+    )
+    assert [h.doc_id for h in after] == [h.doc_id for h in before] and after[0].doc_id == "d12"
+    store.close()

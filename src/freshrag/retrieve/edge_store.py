@@ -215,6 +215,13 @@ class EdgeStore:
             shard = self._shard
         return shard
 
+    def optimize(self) -> bool:
+        """Build the HNSW and payload indexes. Edge does not do this in the background, and until
+        it runs, dense search is a full scan (p99 42 ms at 100k points instead of 13 ms). It
+        blocks other calls on the shard while it runs (about 20 s at 10k points, minutes at
+        100k), so run it offline: `freshrag optimize` with `freshrag up` stopped."""
+        return bool(self._s().optimize())
+
     # -- watermarks: a small JSON file beside the shard, replaced atomically -------------------
 
     def _watermark_file(self, topic: str) -> Path:
