@@ -107,16 +107,10 @@ class CitationOut(BaseModel):
     text: str
 
 
-class SourceOut(BaseModel):
-    number: int
-    doc_id: str
-    title: str
-    url: str | None
-    version: int
-    updated_at: str | None
-    chunk_index: int
+class SourceOut(CitationOut):
+    """A source the answer could use; citations are the subset the answer cites."""
+
     score: float
-    text: str
 
 
 class ChatOut(BaseModel):

@@ -76,7 +76,7 @@ def citation_out(c: Citation) -> CitationOut:
     return CitationOut(**{f: getattr(c, f) for f in CitationOut.model_fields})
 
 
-def upstream_error(exc: LLMError, retrieved: Retrieved, openai_style: bool = False) -> JSONResponse:
+def upstream_error(exc: LLMError, retrieved: Retrieved) -> JSONResponse:
     """503 naming the upstream, with the sources that were retrieved (never a bare 500)."""
     error = {
         "type": "upstream_unavailable",

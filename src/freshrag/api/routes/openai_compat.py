@@ -60,7 +60,7 @@ def chat_completions(body: OpenAIChatBody, caller: CallerDep, services: Services
         try:
             answer = services.answerer.answer(question, retrieved.sources, history)
         except LLMError as exc:
-            return upstream_error(exc, retrieved, openai_style=True)
+            return upstream_error(exc, retrieved)
         return {
             "id": completion_id,
             "object": "chat.completion",
@@ -87,7 +87,7 @@ def chat_completions(body: OpenAIChatBody, caller: CallerDep, services: Services
     try:
         first, events = first_event(services, question, retrieved, history)
     except LLMError as exc:
-        return upstream_error(exc, retrieved, openai_style=True)
+        return upstream_error(exc, retrieved)
 
     def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
         body_ = {
