@@ -62,12 +62,13 @@ def run_up(settings: Settings, opts: IngestOptions) -> None:
     from freshrag.core.sparse import Bm25Encoder
     from freshrag.ingest.activity import RecentWrites
     from freshrag.ingest.flow import FlowParts, build_flow
-    from freshrag.ingest.kafka_io import ensure_topics
+    from freshrag.ingest.kafka_io import dlq_topic_config, ensure_topics
     from freshrag.ingest.metrics import IngestMetrics
 
     ensure_topics(
         settings.kafka_bootstrap,
         [(settings.topic, opts.topic_partitions), (settings.dlq_topic, 1)],
+        configs={settings.dlq_topic: dlq_topic_config(settings.dlq_max_message_bytes)},
     )
     registry = CollectorRegistry()  # one /metrics for the flow and the API
     metrics = IngestMetrics(registry)
@@ -76,6 +77,7 @@ def run_up(settings: Settings, opts: IngestOptions) -> None:
         device=settings.embed_device,
         batch_size=settings.embed_batch_size,
         query_cache_size=settings.query_cache_size,
+        sub_batch_size=settings.embed_sub_batch_size,
     )
     store = open_settings_store(settings)
     recent = RecentWrites()

@@ -64,11 +64,26 @@ def test_native_delete() -> None:
 
 
 def test_tombstone_deletes_by_plain_and_json_key() -> None:
+    # no version: it deletes whatever is indexed, and never raises the version bar (issue 9)
     plain = parse_record(rec(None, key=b"kb-9"))
-    assert plain == Delete("default", "kb-9", ORIGIN.timestamp_ms, ORIGIN)
+    assert plain == Delete("default", "kb-9", None, ORIGIN, tenant_known=False, row_identity=True)
     debezium_key = json.dumps({"schema": {}, "payload": {"id": 42}}).encode()
     keyed = parse_record(rec(None, key=debezium_key))
-    assert isinstance(keyed, Delete) and keyed.doc_id == "42"
+    assert isinstance(keyed, Delete) and keyed.doc_id == "42" and not keyed.tenant_known
+    with_tenant = parse_record(rec(None, key=json.dumps({"id": 42, "tenant": "acme"}).encode()))
+    assert isinstance(with_tenant, Delete) and with_tenant.tenant_known
+    assert with_tenant.tenant == "acme" and with_tenant.version is None
+
+
+def test_a_version_less_native_delete_has_no_version() -> None:
+    event = parse_record(rec({"op": "delete", "id": "kb-42", "tenant": "acme"}))
+    assert event == Delete("acme", "kb-42", None, ORIGIN)
+
+
+def test_a_key_only_debezium_before_image_names_no_tenant() -> None:
+    body = {"op": "d", "before": {"id": 42}, "after": None}
+    event = parse_record(rec(body))
+    assert isinstance(event, Delete) and not event.tenant_known and event.row_identity
 
 
 @pytest.mark.parametrize("wrapped", [False, True])

@@ -1,8 +1,13 @@
-"""Version gate, batch collapse and the batch indexer (fakes for the embedder ports)."""
+"""Batch collapse and the batch indexer (fakes for the embedder ports); the gate is in
+test_ordering."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
+
+import pytest
 
 from freshrag.ingest.events import Delete, RawRecord, RecordOrigin, Upsert
 from freshrag.ingest.indexing import (
@@ -11,9 +16,8 @@ from freshrag.ingest.indexing import (
     WriteDelete,
     WriteUpsert,
     collapse,
-    version_gate,
 )
-from freshrag.retrieve.contract import point_id
+from freshrag.retrieve.contract import ChunkLayout, point_id
 from tests.unit.fakes import FakeDense, FakeSparse
 
 ORIGIN = RecordOrigin("documents", 0, 0, 1000)
@@ -23,30 +27,6 @@ NOW = datetime(2026, 11, 28, tzinfo=UTC)
 def up(doc: str, v: int, text: str = "some text here", tenant: str = "t") -> Upsert:
     raw = RawRecord(doc.encode(), f"raw-{doc}-{v}".encode(), ORIGIN)
     return Upsert(tenant, doc, v, "Title", text, NOW, ORIGIN, raw=raw)
-
-
-def test_gate_drops_older_and_equal_versions() -> None:
-    state = None
-    applied = []
-    for v in (3, 1, 2, 3, 5):
-        state, out = version_gate(state, up("a", v))
-        if out is not None:
-            applied.append(out.version)
-    assert applied == [3, 5] and state == (5, False)
-    state, out = version_gate(state, Delete("t", "a", 4, ORIGIN))
-    assert out is None
-    state, out = version_gate(state, Delete("t", "a", 6, ORIGIN))
-    assert out is not None and state == (6, True)
-
-
-def test_gate_lets_a_delete_win_a_version_tie_once() -> None:
-    state, _ = version_gate(None, up("a", 7))
-    state, out = version_gate(state, Delete("t", "a", 7, ORIGIN))
-    assert out is not None and state == (7, True)
-    state, out = version_gate(state, Delete("t", "a", 7, ORIGIN))  # replayed delete
-    assert out is None
-    state, out = version_gate(state, up("a", 7))  # replayed upsert must not resurrect
-    assert out is None and state == (7, True)
 
 
 def test_collapse_keeps_newest_per_document_in_order() -> None:
@@ -90,11 +70,70 @@ def test_one_failing_document_goes_to_dlq_and_the_rest_are_written() -> None:
     assert dead.value == b"raw-bad-1" and "poison" in dead.message
 
 
-def test_upserts_already_in_the_index_are_skipped() -> None:
-    def lookup(tenant: str, doc_ids: object) -> dict[str, int]:
-        return {"a": 5}
+def layouts_of(
+    held: dict[tuple[str, str], list[ChunkLayout]],
+) -> Callable[[str | None, Sequence[str]], dict[tuple[str, str], list[ChunkLayout]]]:
+    def lookup(
+        tenant: str | None, doc_ids: Sequence[str]
+    ) -> dict[tuple[str, str], list[ChunkLayout]]:
+        return {
+            k: v for k, v in held.items() if k[1] in doc_ids and (tenant is None or k[0] == tenant)
+        }
 
-    indexer = DocumentIndexer(FakeDense(), FakeSparse(), ChunkingConfig(), indexed_versions=lookup)
-    result = indexer.process([up("a", 5), up("b", 1), up("a2", 1)])
-    assert [e.doc_id for e in result.skipped] == ["a"]
-    assert [w.event.doc_id for w in result.writes] == ["b", "a2"]
+    return lookup
+
+
+def complete(version: int, n: int, offset: int = 0) -> list[ChunkLayout]:
+    return [ChunkLayout(version, offset, i, n) for i in range(n)]
+
+
+def test_upserts_complete_in_the_index_are_not_embedded_but_cleaned() -> None:
+    held = {("t", "a"): complete(5, 1), ("t", "newer"): complete(9, 1)}
+    dense = FakeDense()
+    indexer = DocumentIndexer(dense, FakeSparse(), ChunkingConfig(), layouts=layouts_of(held))
+    result = indexer.process([up("a", 5), up("b", 1), up("newer", 3)])
+    assert sorted(e.doc_id for e in result.skipped) == ["a", "newer"]
+    cleanup = [w for w in result.writes if isinstance(w, WriteUpsert) and not w.points]
+    assert [(w.event.doc_id, w.keep_chunks) for w in cleanup] == [("a", 1)]
+    embedded = [w.event.doc_id for w in result.writes if isinstance(w, WriteUpsert) and w.points]
+    assert embedded == ["b"] and dense.calls == [1]
+
+
+@pytest.mark.parametrize(
+    "held",
+    [
+        complete(5, 3)[:2],  # crash after the first chunks: the tail is missing
+        [*complete(5, 1), ChunkLayout(5, 0, 1, 3)],  # chunk counts disagree
+        [ChunkLayout(5, 0, 0, 1), ChunkLayout(5, 0, 2, 1)],  # an index beyond the count
+    ],
+)
+def test_half_written_versions_are_rewritten(held: list[ChunkLayout]) -> None:
+    indexer = DocumentIndexer(
+        FakeDense(), FakeSparse(), ChunkingConfig(), layouts=layouts_of({("t", "a"): held})
+    )
+    result = indexer.process([up("a", 5)])
+    assert not result.skipped
+    assert [len(w.points) for w in result.writes if isinstance(w, WriteUpsert)] == [1]
+
+
+def test_a_version_less_upsert_is_rewritten_over_an_earlier_record_of_the_same_ms() -> None:
+    late = replace(up("a", 5), origin=RecordOrigin("documents", 0, 7, 1000), explicit_version=False)
+    indexer = DocumentIndexer(
+        FakeDense(), FakeSparse(), ChunkingConfig(), layouts=layouts_of({("t", "a"): complete(5, 1)})
+    )
+    result = indexer.process([late])
+    assert not result.skipped and isinstance(result.writes[0], WriteUpsert)
+    assert result.writes[0].points[0].offset == 7
+
+
+def test_a_delete_of_unknown_tenant_goes_to_every_tenant_holding_the_document() -> None:
+    held = {("acme", "42"): complete(1, 1), ("globex", "42"): complete(2, 1)}
+    indexer = DocumentIndexer(FakeDense(), FakeSparse(), ChunkingConfig(), layouts=layouts_of(held))
+    unknown = Delete("default", "42", None, ORIGIN, tenant_known=False, row_identity=True)
+    nobody = Delete("default", "nobody", None, ORIGIN, tenant_known=False, row_identity=True)
+    result = indexer.process([unknown, nobody])
+    assert [(w.event.tenant, w.event.doc_id) for w in result.writes] == [
+        ("acme", "42"),
+        ("globex", "42"),
+    ]
+    assert [e.doc_id for e in result.skipped] == ["nobody"]

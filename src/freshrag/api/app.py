@@ -7,15 +7,15 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from freshrag import __version__
+from freshrag.api.errors import install_error_handlers
+from freshrag.api.limits import Limits
 from freshrag.api.routes import chat, documents, health, openai_compat, search
 from freshrag.api.services import Services, build_services
 from freshrag.core.settings import Settings, load_settings
@@ -47,8 +47,8 @@ class BodySizeLimit:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise _TooLarge()
+                if seen > self.max_bytes:  # chunked: no length up front; FastAPI re-raises
+                    raise _TooLarge(self.max_bytes)  # an HTTPException from reading the body
             return message
 
         try:
@@ -57,21 +57,22 @@ class BodySizeLimit:
             await self._reject(scope, receive, send)
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = JSONResponse(
-            {
-                "error": {
-                    "type": "payload_too_large",
-                    "field": "body",
-                    "message": f"request body is over the {self.max_bytes}-byte limit",
-                }
-            },
-            status_code=413,
-        )
+        response = JSONResponse({"error": _TooLarge(self.max_bytes).detail}, status_code=413)
         await response(scope, receive, send)
 
 
-class _TooLarge(Exception):
-    pass
+class _TooLarge(StarletteHTTPException):
+    """413 from inside the body stream: FastAPI turns other errors there into a 400."""
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(
+            413,
+            {
+                "type": "payload_too_large",
+                "field": "body",
+                "message": f"request body is over the {max_bytes}-byte limit",
+            },
+        )
 
 
 def create_app(settings: Settings | None = None, services: Services | None = None) -> FastAPI:
@@ -90,9 +91,11 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
             log.warning("no API keys configured (FRESHRAG_API_KEYS): every request gets 401")
         built = services or build_services(settings)
         app.state.services = built
+        app.state.limits = Limits(settings, built.watermarks)
         try:
             yield
         finally:
+            app.state.limits.close()
             if services is None:
                 built.close()
 
@@ -119,26 +122,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
             )
         return response
 
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        detail: Any = exc.detail
-        error = detail if isinstance(detail, dict) else {"type": "http_error", "message": detail}
-        return JSONResponse({"error": error}, status_code=exc.status_code, headers=exc.headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = exc.errors()
-        first = errors[0] if errors else {}
-        field = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
-        message = f"{field}: {first.get('msg', 'invalid value')}"
-        details = [
-            {"field": ".".join(str(p) for p in e.get("loc", ())), "message": e.get("msg")}
-            for e in errors
-        ]
-        return JSONResponse(
-            {"error": {"type": "invalid", "field": field, "message": message, "details": details}},
-            status_code=422,
-        )
+    install_error_handlers(app)  # our error shapes (OpenAI's on its routes) and their OpenAPI
 
     for module in (search, chat, openai_compat, documents, health):
         app.include_router(module.router)

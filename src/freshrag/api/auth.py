@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -30,10 +31,12 @@ def resolve_caller(authorization: str | None, keys: Mapping[str, str], enabled: 
     scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("Authorization header must be 'Bearer <api key>'")
-    token = token.strip()
+    # Digests have one length, so compare_digest's time tells nothing about the key's length
+    # or content; every key is compared, so the time does not depend on which one matched.
+    offered = hashlib.sha256(token.strip().encode()).digest()
     tenant: str | None = None
     for key, key_tenant in keys.items():
-        if hmac.compare_digest(key.encode(), token.encode()):
+        if hmac.compare_digest(hashlib.sha256(key.encode()).digest(), offered):
             tenant = key_tenant
     if tenant is None:
         raise Unauthorized("invalid API key")

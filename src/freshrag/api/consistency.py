@@ -1,12 +1,12 @@
 """Read-your-writes: a write returns `partition:offset`; a read with that token waits, bounded,
-until the flow's indexed watermark of that partition has passed the offset."""
+until the flow's indexed watermark of that partition has passed the offset. The wait is async
+(see api.limits): waiting requests hold no thread."""
 
 from __future__ import annotations
 
-import time
-
 from fastapi import HTTPException
 
+from freshrag.api.limits import WAIT_RETRY_AFTER_S, Limits, too_many
 from freshrag.api.services import Services
 
 
@@ -26,8 +26,9 @@ def satisfied(wanted: dict[int, int], watermark: dict[str, int]) -> bool:
     return all(watermark.get(str(p), 0) > o for p, o in wanted.items())
 
 
-def wait_for_token(services: Services, token: str | None, poll_s: float = 0.02) -> None:
-    """Block until the index holds every record up to the token, or answer 504 on timeout."""
+async def wait_for_token(services: Services, limits: Limits, token: str | None) -> None:
+    """Wait, without holding a pool thread, until the index holds every record up to the
+    token; 504 on timeout, 429 when `max_consistency_waits` requests are already waiting."""
     if not token:
         return
     try:
@@ -36,7 +37,7 @@ def wait_for_token(services: Services, token: str | None, poll_s: float = 0.02) 
         raise HTTPException(
             422, {"type": "invalid", "field": "consistency_token", "message": str(exc)}
         ) from None
-    if services.watermarks is None:
+    if services.watermarks is None or limits.watch is None:
         raise HTTPException(
             501,
             {
@@ -45,19 +46,27 @@ def wait_for_token(services: Services, token: str | None, poll_s: float = 0.02) 
                 "message": "this deployment publishes no indexed watermarks",
             },
         )
-    deadline = time.monotonic() + services.settings.consistency_timeout_s
-    while True:
-        watermark = services.watermarks()
-        if satisfied(wanted, watermark):
+    full = limits.waits.try_acquire()
+    if full is not None:
+        raise too_many(
+            f"too many requests are waiting on consistency tokens (limit {limits.waits.total}); "
+            "retry shortly",
+            WAIT_RETRY_AFTER_S,
+            limit=limits.waits.total,
+            scope=full,
+            openai=False,
+        )
+    try:
+        timeout = services.settings.consistency_timeout_s
+        if await limits.watch.wait_until(lambda wm: satisfied(wanted, wm), timeout):
             return
-        if time.monotonic() >= deadline:
-            raise HTTPException(
-                504,
-                {
-                    "type": "consistency_timeout",
-                    "message": f"index has not reached {token} within "
-                    f"{services.settings.consistency_timeout_s:g}s",
-                    "watermark": watermark,
-                },
-            )
-        time.sleep(poll_s)
+    finally:
+        limits.waits.release()
+    raise HTTPException(
+        504,
+        {
+            "type": "consistency_timeout",
+            "message": f"index has not reached {token} within {timeout:g}s",
+            "watermark": limits.watch.latest or {},
+        },
+    )

@@ -10,7 +10,7 @@ from freshrag.api.auth import Caller, Unauthorized, resolve_caller
 from freshrag.api.services import Services
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:  # async: no threadpool hop
     services: Services = request.app.state.services
     return services
 
@@ -18,7 +18,7 @@ def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-def get_caller(request: Request, services: ServicesDep) -> Caller:
+async def get_caller(request: Request, services: ServicesDep) -> Caller:
     s = services.settings
     try:
         return resolve_caller(request.headers.get("authorization"), s.api_keys, s.auth_enabled)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+from freshrag.ingest.validation import MAX_VERSION, check_metadata, check_unicode
 
 MAX_TOP_K = 100
 MAX_FILTER_VALUES = 100
@@ -13,7 +15,21 @@ MAX_QUERY_CHARS = 2_000
 MAX_MESSAGES = 32
 MAX_MESSAGE_CHARS = 8_000
 
+MAX_FILTER_STRING = 1_000
+
 MetaValue = str | int | float | bool
+# A metadata key a filter can name: it becomes a payload path (`metadata.<key>`), so only plain
+# names; quotes, brackets, dots and blanks would change or break the path.
+MetadataKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+# Filter values: bounded strings and 64-bit integers (what the index stores and compares).
+FilterInt = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+FilterStr = Annotated[str, StringConstraints(max_length=MAX_FILTER_STRING)]
+FilterValue = FilterStr | FilterInt | bool
+# metadata_any: one kind per list (the index matches a list of strings or of integers).
+AnyStrings = Annotated[list[FilterStr], Field(min_length=1, max_length=MAX_FILTER_VALUES)]
+AnyInts = Annotated[list[FilterInt], Field(min_length=1, max_length=MAX_FILTER_VALUES)]
+# A query or question must say something: at least one non-blank character.
+NOT_BLANK = r"\S"
 
 
 class Filters(BaseModel):
@@ -21,25 +37,26 @@ class Filters(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    metadata: dict[str, str | int | bool] = Field(default_factory=dict, max_length=20)
-    metadata_any: dict[str, list[str | int]] = Field(default_factory=dict, max_length=20)
+    metadata: dict[MetadataKey, FilterValue] = Field(
+        default_factory=dict,
+        max_length=20,
+        description="metadata key -> value; keys are 1-64 of A-Z a-z 0-9 _ -",
+        json_schema_extra={"additionalProperties": False},
+    )
+    metadata_any: dict[MetadataKey, AnyStrings | AnyInts] = Field(
+        default_factory=dict, max_length=20, json_schema_extra={"additionalProperties": False}
+    )
     updated_after: datetime | None = None
     updated_before: datetime | None = None
-    doc_ids: list[str] | None = Field(None, max_length=MAX_FILTER_VALUES)
-
-    @field_validator("metadata_any")
-    @classmethod
-    def _bounded_lists(cls, value: dict[str, list[str | int]]) -> dict[str, list[str | int]]:
-        for key, items in value.items():
-            if len(items) > MAX_FILTER_VALUES:
-                raise ValueError(f"metadata_any.{key} has more than {MAX_FILTER_VALUES} values")
-        return value
+    doc_ids: list[Annotated[str, StringConstraints(min_length=1, max_length=512)]] | None = Field(
+        None, max_length=MAX_FILTER_VALUES
+    )
 
 
 class SearchBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    query: str = Field(min_length=1, max_length=MAX_QUERY_CHARS)
+    query: str = Field(min_length=1, max_length=MAX_QUERY_CHARS, pattern=NOT_BLANK)
     top_k: int = Field(10, ge=1, le=MAX_TOP_K)
     filters: Filters = Field(default_factory=Filters)
     mode: Literal["hybrid", "dense", "bm25"] = "hybrid"
@@ -87,7 +104,7 @@ class Message(BaseModel):
 class ChatBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    question: str | None = Field(None, min_length=1, max_length=MAX_QUERY_CHARS)
+    question: str | None = Field(None, min_length=1, max_length=MAX_QUERY_CHARS, pattern=NOT_BLANK)
     messages: list[Message] | None = Field(None, max_length=MAX_MESSAGES)
     filters: Filters = Field(default_factory=Filters)
     top_k: int = Field(5, ge=1, le=20)
@@ -146,8 +163,20 @@ class DocumentBody(BaseModel):
     url: str | None = Field(None, max_length=4_096)
     source: str | None = Field("api", max_length=256)
     metadata: dict[str, MetaValue | list[MetaValue]] = Field(default_factory=dict, max_length=50)
-    version: int | None = Field(None, ge=0)
+    version: int | None = Field(None, ge=0, le=MAX_VERSION)
     updated_at: datetime | None = None
+
+    # The flow's own parse-time checks (freshrag.ingest.validation), so the API answers 422 for
+    # what the flow would otherwise dead-letter: NaN/huge numbers, bad keys, lone surrogates.
+    @field_validator("metadata")
+    @classmethod
+    def _storable_metadata(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return check_metadata(value)
+
+    @field_validator("id", "title", "text", "url", "source")
+    @classmethod
+    def _valid_unicode(cls, value: str | None) -> str | None:
+        return None if value is None else check_unicode(value, "the text")
 
 
 class WriteOut(BaseModel):

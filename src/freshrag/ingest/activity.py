@@ -37,9 +37,9 @@ class RecentWrites:
                         tenant=e.tenant,
                         doc_id=e.doc_id,
                         op="upsert" if upsert else "delete",
-                        version=e.version,
+                        version=e.version if e.version is not None else -1,
                         title=w.event.title if isinstance(w, WriteUpsert) else "",
-                        chunk_count=len(w.points) if isinstance(w, WriteUpsert) else 0,
+                        chunk_count=w.keep_chunks if isinstance(w, WriteUpsert) else 0,
                         indexed_at=now,
                     )
                 )

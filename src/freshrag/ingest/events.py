@@ -8,15 +8,24 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
+
+from freshrag.ingest.validation import (
+    InvalidValue,
+    check_metadata,
+    check_version,
+    loads_strict,
+)
 
 DEFAULT_TENANT = "default"
 TENANT_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 MAX_ID_LENGTH = 512
 MAX_TITLE_LENGTH = 2_000
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +59,10 @@ class Upsert:
     metadata: Mapping[str, Any] = field(default_factory=dict)
     # The original record, so a later step can still dead-letter the exact bytes.
     raw: RawRecord | None = field(default=None, compare=False, repr=False)
+    # A database row (Debezium): its id names it across tenants, so a tenant change is a move.
+    row_identity: bool = False
+    # False: `version` is the record timestamp, and equal versions are told apart by offset.
+    explicit_version: bool = True
 
     @property
     def doc_key(self) -> str:
@@ -58,10 +71,16 @@ class Upsert:
 
 @dataclass(frozen=True, slots=True)
 class Delete:
+    """`version=None`: delete whatever is indexed (see `ordering`). `tenant_known=False`: the
+    source did not say the tenant (bare-key tombstone, key-only `before` image); the flow
+    resolves it to the tenant(s) the document was indexed under."""
+
     tenant: str
     doc_id: str
-    version: int
+    version: int | None
     origin: RecordOrigin
+    tenant_known: bool = True
+    row_identity: bool = False
 
     @property
     def doc_key(self) -> str:
@@ -155,7 +174,7 @@ def _parse(record: RawRecord, limits: EventLimits, mapping: DebeziumMapping) -> 
             "InvalidEncoding", f"value is not UTF-8: {exc.reason} at byte {exc.start}"
         ) from None
     try:
-        body = json.loads(text)
+        body = _loads(text)
     except json.JSONDecodeError as exc:
         raise EventError("InvalidJSON", f"value is not JSON: {exc.msg} at char {exc.pos}") from None
     if not isinstance(body, dict):
@@ -185,10 +204,13 @@ def _from_native(body: dict[str, Any], record: RawRecord) -> ChangeEvent:
         raise EventError("UnknownOp", f"field 'op' must be 'upsert' or 'delete', got {op!r}")
     doc_id = _doc_id(body.get("id"), "id", allow_int=False)
     tenant = _tenant(body.get("tenant"))
-    version = _version(body.get("version"), record)
     if op == "delete":
+        raw_version = body.get("version")
+        version = None if raw_version is None else _version(raw_version, record)
         return Delete(tenant, doc_id, version, record.origin)
+    version = _version(body.get("version"), record)
     return Upsert(
+        explicit_version=body.get("version") is not None,
         tenant=tenant,
         doc_id=doc_id,
         version=version,
@@ -221,9 +243,15 @@ def _from_debezium(env: dict[str, Any], record: RawRecord, m: DebeziumMapping) -
     doc_id = _doc_id(row.get(m.id_field), f"{image}.{m.id_field}", allow_int=True)
     tenant = _tenant(row.get(m.tenant_field) if m.tenant_field else None)
     raw_version = row.get(m.version_field) if m.version_field else None
-    version = _version(raw_version, record)
     if op == "d":
-        return Delete(tenant, doc_id, version, record.origin)
+        # A key-only `before` image (REPLICA IDENTITY DEFAULT) names no tenant and no version.
+        tenant_known = not m.tenant_field or row.get(m.tenant_field) is not None
+        version = None if raw_version is None else _version(raw_version, record)
+        return Delete(
+            tenant, doc_id, version, record.origin, tenant_known=tenant_known, row_identity=True
+        )
+    version = _version(raw_version, record)
+    explicit_version = raw_version is not None
     used = {m.id_field, m.text_field, m.title_field, m.url_field, m.updated_at_field}
     used |= {m.tenant_field, m.version_field}
     if m.metadata_fields is None:
@@ -242,6 +270,8 @@ def _from_debezium(env: dict[str, Any], record: RawRecord, m: DebeziumMapping) -
         source=m.source,
         metadata=_metadata({k: v for k, v in meta_src.items() if _scalar(v)}),
         raw=record,
+        row_identity=True,
+        explicit_version=explicit_version,
     )
 
 
@@ -256,10 +286,11 @@ def _tombstone(record: RawRecord, m: DebeziumMapping) -> Delete:
     except UnicodeDecodeError as exc:
         raise EventError("InvalidEncoding", f"key is not UTF-8: {exc.reason}") from None
     tenant = DEFAULT_TENANT
+    tenant_known = False
     doc_id: str = key_text
     if key_text.startswith("{"):
         try:
-            key = json.loads(key_text)
+            key = _loads(key_text)
         except json.JSONDecodeError as exc:
             raise EventError("InvalidJSON", f"tombstone key is not JSON: {exc.msg}") from None
         if isinstance(key, dict) and isinstance(key.get("payload"), dict):
@@ -267,10 +298,12 @@ def _tombstone(record: RawRecord, m: DebeziumMapping) -> Delete:
         if not isinstance(key, dict):
             raise EventError("WrongType", "tombstone key must be a JSON object or a plain id")
         doc_id = _doc_id(key.get(m.id_field, key.get("id")), "key.id", allow_int=True)
-        tenant = _tenant(key.get(m.tenant_field) if m.tenant_field else None)
+        key_tenant = key.get(m.tenant_field) if m.tenant_field else None
+        tenant = _tenant(key_tenant)
+        tenant_known = key_tenant is not None
     else:
         doc_id = _doc_id(key_text, "key", allow_int=False)
-    return Delete(tenant, doc_id, record.origin.timestamp_ms, record.origin)
+    return Delete(tenant, doc_id, None, record.origin, tenant_known=tenant_known, row_identity=True)
 
 
 def _doc_id(value: Any, name: str, *, allow_int: bool) -> str:
@@ -304,7 +337,7 @@ def _version(value: Any, record: RawRecord) -> int:
         raise EventError("WrongType", f"field 'version' must be an integer, got {_kind(value)}")
     if value < 0:
         raise EventError("WrongType", "field 'version' must be >= 0")
-    return value
+    return _checked(check_version, value)
 
 
 def _text(value: Any, name: str) -> str:
@@ -335,7 +368,12 @@ def _updated_at(value: Any, record: RawRecord) -> datetime:
     if isinstance(value, int | float) and not isinstance(value, bool):
         # Debezium encodes timestamps as epoch millis (or micros for MicroTimestamp).
         seconds = value / 1_000_000 if value > 10**14 else value / 1000
-        return datetime.fromtimestamp(seconds, tz=UTC)
+        try:
+            return datetime.fromtimestamp(seconds, tz=UTC)
+        except (OverflowError, ValueError, OSError):
+            raise EventError(
+                "InvalidTimestamp", f"field 'updated_at' {value} is out of the datetime range"
+            ) from None
     if not isinstance(value, str):
         raise EventError(
             "WrongType", f"field 'updated_at' must be an ISO 8601 string, got {_kind(value)}"
@@ -350,20 +388,24 @@ def _updated_at(value: Any, record: RawRecord) -> datetime:
 
 
 def _scalar(value: Any) -> bool:
+    """A metadata value by type: a string, number or boolean, or a flat list of them."""
     if isinstance(value, str | int | float | bool):
         return True
     return isinstance(value, list) and all(isinstance(v, str | int | float | bool) for v in value)
 
 
 def _metadata(value: Any) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise EventError("WrongType", f"field 'metadata' must be an object, got {_kind(value)}")
-    for key, item in value.items():
-        if not _scalar(item):
-            raise EventError(
-                "WrongType",
-                f"metadata '{key}' must be a string, number, boolean or a list of them",
-            )
-    return dict(value)
+    """Storable metadata (keys, types, ranges, sizes: see `validation`), else an EventError."""
+    return _checked(check_metadata, value)
+
+
+def _loads(text: str) -> Any:
+    """JSON text -> value, refusing NaN/Infinity, huge numbers, deep nesting, lone surrogates."""
+    return _checked(loads_strict, text)
+
+
+def _checked(check: Callable[[Any], _T], value: Any) -> _T:
+    try:
+        return check(value)
+    except InvalidValue as exc:
+        raise EventError(exc.error_class, str(exc)) from None

@@ -1,20 +1,22 @@
 """The one place that wires the ingest dataflow together.
 
-Kafka ─► parse ─► version gate (per doc, recoverable) ─► collect (size / max wait)
-      ─► chunk + embed (batched across documents) ─► index sink (upsert + stale cleanup)
-bad records at any step ─► DLQ topic with reason headers
+Kafka ─► parse ─► version gate (per source key, recoverable) ─► collect (size / max wait)
+      ─► chunk + embed (batched across documents) ─► write index (upsert + stale cleanup)
+bad records at any step (parse, chunk, embed, index) ─► DLQ topic with reason headers
 """
 
 from __future__ import annotations
 
 import threading
+import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import bytewax.operators as op
-from bytewax.connectors.kafka import KafkaError, KafkaSink, KafkaSourceMessage
+from bytewax.connectors.kafka import KafkaError, KafkaSink, KafkaSinkMessage, KafkaSourceMessage
 from bytewax.dataflow import Dataflow, Stream
 
 from freshrag.core.settings import Settings
@@ -27,27 +29,29 @@ from freshrag.ingest.events import (
     RecordOrigin,
     parse_record,
 )
+from freshrag.ingest.index_writer import IndexWriter
 from freshrag.ingest.indexing import (
     ChunkingConfig,
     DenseEmbedder,
     DocumentIndexer,
-    GateState,
     IndexWrite,
     SparseEmbedder,
-    version_gate,
+    WriteUpsert,
 )
 from freshrag.ingest.kafka_io import (
     StoppableKafkaSource,
     consume_error_to_dead_letter,
     dead_letter_message,
+    dlq_producer_config,
     to_raw_record,
 )
 from freshrag.ingest.metrics import IngestMetrics
-from freshrag.ingest.store_sink import StoreSink, WriteListener
+from freshrag.ingest.ordering import Applied, gate, next_expiry_ms, prune
 from freshrag.ingest.watermarks import WatermarkTracker
 from freshrag.retrieve.contract import Store
 
 Bytes = bytes | None
+WriteListener = Callable[[list[IndexWrite]], None]
 EMBED_BUCKETS = 4  # collect() keys: spread batches over workers, keep one doc in one bucket
 
 
@@ -67,7 +71,8 @@ class FlowParts:
 
 
 def _bucket(event: ChangeEvent) -> str:
-    return str(zlib.crc32(event.doc_key.encode()) % EMBED_BUCKETS)
+    """By source key, so every event of a document id (any tenant) stays in order."""
+    return str(zlib.crc32(event.doc_id.encode()) % EMBED_BUCKETS)
 
 
 def build_flow(parts: FlowParts, flow_id: str = "freshrag-ingest") -> Dataflow:
@@ -78,7 +83,12 @@ def build_flow(parts: FlowParts, flow_id: str = "freshrag-ingest") -> Dataflow:
         parts.dense,
         parts.sparse,
         ChunkingConfig(max_tokens=s.chunk_tokens, overlap=s.chunk_overlap),
-        indexed_versions=parts.store.document_versions,
+        layouts=parts.store.chunk_layouts,
+    )
+    writer = IndexWriter(
+        parts.store,
+        retry_budget_s=s.store_retry_budget_s,
+        on_retry=lambda _exc: metrics.store_retries.inc(),
     )
     brokers = s.kafka_bootstrap.split(",")
     tracker = parts.watermarks
@@ -102,6 +112,9 @@ def build_flow(parts: FlowParts, flow_id: str = "freshrag-ingest") -> Dataflow:
         parts.stop,
         batch_size=s.embed_batch_size * 4,
         on_read=on_read,
+        on_lost=lambda topic, partition, n: metrics.offsets_lost.labels(topic, str(partition)).inc(
+            n
+        ),
     )
     raw = op.input("kafka_in", flow, source)
     consumed = op.branch("split_consume_errors", raw, lambda m: not hasattr(m, "err"))
@@ -117,19 +130,19 @@ def build_flow(parts: FlowParts, flow_id: str = "freshrag-ingest") -> Dataflow:
     events = cast(Stream[ChangeEvent], split.trues)
     parse_dlq = cast(Stream[DeadLetter], split.falses)
 
-    keyed = op.key_on("by_document", events, lambda e: e.doc_key)
+    # keyed by the source key (document id): a delete that names no tenant finds its tenant
+    keyed = op.key_on("by_source_key", events, lambda e: e.doc_id)
+    retention_ms = int(s.delete_retention_s * 1000)
 
-    def gate(
-        last: GateState | None, event: ChangeEvent
-    ) -> tuple[GateState | None, ChangeEvent | None]:
-        state, out = version_gate(last, event)
-        if out is None:
-            metrics.events.labels(_op(event), "stale").inc()
-            final(event.origin)
-        return state, out
+    def on_stale(event: ChangeEvent) -> None:
+        metrics.events.labels(_op(event), "stale").inc()
+        final(event.origin)
 
-    gated = op.filter_map_value(
-        "version_gate_emit", op.stateful_map("version_gate", keyed, gate), lambda e: e
+    def build_gate(resume: dict[str, Applied] | None) -> VersionGateLogic:
+        return VersionGateLogic(resume, retention_ms, on_stale)
+
+    gated = op.flat_map_value(
+        "version_gate_emit", op.stateful("version_gate", keyed, build_gate), lambda out: out
     )
     rebucketed = op.key_on(
         "by_bucket", cast(Stream[ChangeEvent], op.key_rm("unkey", gated)), _bucket
@@ -141,7 +154,8 @@ def build_flow(parts: FlowParts, flow_id: str = "freshrag-ingest") -> Dataflow:
         max_size=s.embed_batch_size,
     )
 
-    def process(keyed_batch: tuple[str, list[ChangeEvent]]) -> list[IndexWrite | DeadLetter]:
+    def process(keyed_batch: tuple[str, list[ChangeEvent]]) -> list[DeadLetter]:
+        """Chunk, embed and write one batch; returns what must go to the DLQ."""
         result = indexer.process(keyed_batch[1])
         if result.chunks_embedded:
             metrics.embed_batch_size.observe(result.chunks_embedded)
@@ -149,7 +163,6 @@ def build_flow(parts: FlowParts, flow_id: str = "freshrag-ingest") -> Dataflow:
         superseded: dict[str, list[RecordOrigin]] = {}
         for e in result.skipped:
             metrics.events.labels(_op(e), "skipped_indexed").inc()
-            final(e.origin)
         for e in result.superseded:
             metrics.events.labels(_op(e), "superseded").inc()
             superseded.setdefault(e.doc_key, []).append(e.origin)
@@ -157,15 +170,23 @@ def build_flow(parts: FlowParts, flow_id: str = "freshrag-ingest") -> Dataflow:
         for w in result.writes:
             done_with = superseded.pop(w.event.doc_key, [])
             writes.append(replace(w, completes=tuple(done_with)) if done_with else w)
-        final(*(o for origins in superseded.values() for o in origins))  # skipped or DLQ'd
-        return [*writes, *result.dead_letters]
+        outcome = writer.apply(writes)  # raises only when the store stays unavailable
+        now = time.time()
+        for w in outcome.applied:
+            metrics.events.labels(_op(w.event), "applied").inc()
+            metrics.freshness_lag.observe(max(0.0, now - w.event.origin.timestamp_ms / 1000))
+            if isinstance(w, WriteUpsert):
+                metrics.chunks_written.inc(len(w.points))
+        if outcome.applied:
+            written(outcome.applied)
+        # skipped and superseded records are final now; dead letters once counted below
+        final(*(e.origin for e in result.skipped))
+        final(*(o for origins in superseded.values() for o in origins))
+        applied = {id(w) for w in outcome.applied}
+        final(*(o for w in writes if id(w) not in applied for o in w.completes))
+        return [*result.dead_letters, *outcome.dead_letters]
 
-    processed = op.flat_map("chunk_embed", batches, process)
-    outcome = op.branch("split_process_errors", processed, lambda x: not isinstance(x, DeadLetter))
-    writes = cast(Stream[IndexWrite], outcome.trues)
-    op.output("index", writes, StoreSink(parts.store, metrics, written))
-
-    process_dlq = cast(Stream[DeadLetter], outcome.falses)
+    process_dlq = cast(Stream[DeadLetter], op.flat_map("chunk_embed_write", batches, process))
     dead = cast(Stream[DeadLetter], op.merge("dead_letters", consume_dlq, parse_dlq, process_dlq))
 
     def count_dead(d: DeadLetter) -> DeadLetter:
@@ -175,13 +196,58 @@ def build_flow(parts: FlowParts, flow_id: str = "freshrag-ingest") -> Dataflow:
         return d
 
     counted = op.map("count_dead", dead, count_dead)
-    dlq_config = {"enable.idempotence": "true", "linger.ms": "5"}
+    dlq_config = dlq_producer_config(s.dlq_max_message_bytes)
+
+    def to_dlq_message(d: DeadLetter) -> KafkaSinkMessage[Bytes, Bytes]:
+        return dead_letter_message(d, s.dlq_max_message_bytes)  # truncated to fit, never fails
+
     op.output(
         "dlq",
-        op.map("to_dlq_message", counted, dead_letter_message),
+        op.map("to_dlq_message", counted, to_dlq_message),
         KafkaSink(brokers, s.dlq_topic, add_config=dlq_config),
     )
     return flow
+
+
+class VersionGateLogic(op.StatefulLogic[ChangeEvent, list[ChangeEvent], dict[str, Applied]]):
+    """bytewax state for one source key around the pure `ordering.gate`; it wakes up to forget
+    deletes past their retention, so the state holds live documents (plus recent deletes)."""
+
+    def __init__(
+        self,
+        state: dict[str, Applied] | None,
+        retention_ms: int,
+        on_stale: Callable[[ChangeEvent], None],
+    ) -> None:
+        self.state = state
+        self.retention_ms = retention_ms
+        self.on_stale = on_stale
+
+    def on_item(self, value: ChangeEvent) -> tuple[list[list[ChangeEvent]], bool]:
+        now = _now_ms()
+        state, out = gate(prune(self.state, now, self.retention_ms), value, now)
+        self.state = state
+        if not out:
+            self.on_stale(value)
+        return ([out] if out else []), self.state is None
+
+    def on_notify(self) -> tuple[list[list[ChangeEvent]], bool]:
+        self.state = prune(self.state, _now_ms(), self.retention_ms)
+        return [], self.state is None
+
+    def on_eof(self) -> tuple[list[list[ChangeEvent]], bool]:
+        return [], self.state is None
+
+    def notify_at(self) -> datetime | None:
+        due = next_expiry_ms(self.state, self.retention_ms)
+        return None if due is None else datetime.fromtimestamp(due / 1000 + 0.001, tz=UTC)
+
+    def snapshot(self) -> dict[str, Applied]:
+        return dict(self.state or {})
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 def _op(event: Any) -> str:

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Protocol
 
 from freshrag.ingest.chunking import Chunk, TokenCounter, chunk_document, embedding_text
 from freshrag.ingest.events import ChangeEvent, DeadLetter, Delete, RawRecord, RecordOrigin, Upsert
-from freshrag.retrieve.contract import ChunkPoint, SparseVector
+from freshrag.retrieve.contract import ChunkLayout, ChunkPoint, SparseVector
 
 
 class DenseEmbedder(TokenCounter, Protocol):
@@ -25,16 +25,23 @@ class SparseEmbedder(Protocol):
     def embed_documents(self, texts: Sequence[str]) -> list[SparseVector]: ...
 
 
-# (tenant, doc_ids) -> {doc_id: highest indexed version}; the index is the source of truth.
-VersionLookup = Callable[[str, Sequence[str]], Mapping[str, int]]
+# (tenant or None for every tenant, doc_ids) -> {(tenant, doc_id): layout of each point}.
+# The index is the source of truth for what a replay still has to write.
+LayoutLookup = Callable[
+    [str | None, Sequence[str]], Mapping[tuple[str, str], Sequence[ChunkLayout]]
+]
 
 
 @dataclass(frozen=True, slots=True)
 class WriteUpsert:
+    """Write `points` (all chunks 0..keep_chunks-1 of the version), then delete the rest of
+    the document. `points=[]` is a cleanup-only write: the index already holds every chunk."""
+
     event: Upsert
     points: list[ChunkPoint]
     # records this write supersedes (older versions in the same batch): final once it lands
     completes: tuple[RecordOrigin, ...] = ()
+    keep_chunks: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,28 +58,6 @@ class ChunkingConfig:
     max_tokens: int = 200
     overlap: int = 32
     max_chunks_per_document: int = 2_000
-
-
-GateState = tuple[int, bool]  # (last applied version, was it a delete)
-
-
-def version_gate(
-    last: GateState | None, event: ChangeEvent
-) -> tuple[GateState | None, ChangeEvent | None]:
-    """Per-document state: drop events older than the last applied version.
-
-    An upsert must be strictly newer. A delete may carry the same version as the upsert it
-    removes (Debezium's `before` image does), so it wins ties unless that version is already
-    deleted. Replays and reordering therefore never regress a document.
-    """
-    is_delete = isinstance(event, Delete)
-    if last is not None:
-        version, deleted = last
-        newer = event.version > version
-        same_version_delete = is_delete and event.version == version and not deleted
-        if not (newer or same_version_delete):
-            return last, None
-    return (event.version, is_delete), event
 
 
 def collapse(events: Sequence[ChangeEvent]) -> list[ChangeEvent]:
@@ -108,26 +93,30 @@ class DocumentIndexer:
         dense: DenseEmbedder,
         sparse: SparseEmbedder,
         config: ChunkingConfig,
-        indexed_versions: VersionLookup | None = None,
+        layouts: LayoutLookup | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.dense = dense
         self.sparse = sparse
         self.config = config
-        self.indexed_versions = indexed_versions
+        self.layouts = layouts
         self.clock = clock
 
     def process(self, events: Sequence[ChangeEvent]) -> BatchResult:
         result = BatchResult([], [], [])
-        newest = collapse(events)
-        if len(newest) < len(events):
+        resolved = self._resolve_tenants(events, result)
+        newest = collapse(resolved)
+        if len(newest) < len(resolved):
             kept = {id(e) for e in newest}
-            result.superseded.extend(e for e in events if id(e) not in kept)
-        batch = self._drop_already_indexed(newest, result)
+            result.superseded.extend(e for e in resolved if id(e) not in kept)
+        batch = self._plan_against_index(newest, result)
         chunked: list[tuple[Upsert, list[Chunk]]] = []
         for event in batch:
             if isinstance(event, Delete):
                 result.writes.append(WriteDelete(event))
+                continue
+            if isinstance(event, WriteUpsert):  # cleanup-only: the chunks are all there
+                result.writes.append(event)
                 continue
             try:
                 chunks = chunk_document(
@@ -155,28 +144,64 @@ class DocumentIndexer:
         result.embed_seconds = time.perf_counter() - started
         return result
 
-    def _drop_already_indexed(
-        self, events: list[ChangeEvent], result: BatchResult
+    def _resolve_tenants(
+        self, events: Sequence[ChangeEvent], result: BatchResult
     ) -> list[ChangeEvent]:
-        """Skip upserts whose version the index already holds (replays after state loss)."""
-        if self.indexed_versions is None:
-            return events
+        """A delete whose tenant the flow state did not know goes to every tenant whose index
+        holds the document (the index is the source of truth); none holding it: nothing to do."""
+        unknown = [e.doc_id for e in events if isinstance(e, Delete) and not e.tenant_known]
+        if not unknown:
+            return list(events)
+        holders: dict[str, list[str]] = {}
+        if self.layouts is not None:
+            for tenant, doc_id in sorted(self.layouts(None, sorted(set(unknown)))):
+                holders.setdefault(doc_id, []).append(tenant)
+        out: list[ChangeEvent] = []
+        for e in events:
+            if isinstance(e, Delete) and not e.tenant_known:
+                tenants = holders.get(e.doc_id, [])
+                if not tenants:
+                    result.skipped.append(e)
+                out.extend(replace(e, tenant=t, tenant_known=True) for t in tenants)
+                continue
+            out.append(e)
+        return out
+
+    def _plan_against_index(
+        self, events: list[ChangeEvent], result: BatchResult
+    ) -> list[ChangeEvent | WriteUpsert]:
+        """Skip the embedding of upserts the index already holds completely (replays).
+
+        Complete means chunks 0..n-1 of one chunk_count n at the event's version (and, for a
+        version-less event, from the same record). Anything less is rewritten; a complete one
+        still gets its cleanup, so a crash between the last chunk and the cleanup converges.
+        A newer version in the index means the event is stale: its own replay fixes that one.
+        """
+        if self.layouts is None:
+            return list(events)
         by_tenant: dict[str, list[str]] = {}
         for e in events:
             if isinstance(e, Upsert):
                 by_tenant.setdefault(e.tenant, []).append(e.doc_id)
-        indexed: dict[tuple[str, str], int] = {}
+        indexed: dict[tuple[str, str], Sequence[ChunkLayout]] = {}
         for tenant, doc_ids in by_tenant.items():
-            for doc_id, version in self.indexed_versions(tenant, doc_ids).items():
-                indexed[(tenant, doc_id)] = version
-        kept = []
+            indexed.update(self.layouts(tenant, doc_ids))
+        planned: list[ChangeEvent | WriteUpsert] = []
         for e in events:
-            have = indexed.get((e.tenant, e.doc_id))
-            if isinstance(e, Upsert) and have is not None and have >= e.version:
+            if not isinstance(e, Upsert):
+                planned.append(e)
+                continue
+            points = indexed.get((e.tenant, e.doc_id), ())
+            if any(p.version > e.version for p in points):
                 result.skipped.append(e)
+                continue
+            complete = complete_chunk_count(points, e)
+            if complete is None:
+                planned.append(e)
             else:
-                kept.append(e)
-        return kept
+                result.skipped.append(e)
+                planned.append(WriteUpsert(e, [], keep_chunks=complete))
+        return planned
 
     def _embed(
         self, chunked: list[tuple[Upsert, list[Chunk]]], result: BatchResult
@@ -229,8 +254,30 @@ class DocumentIndexer:
                         metadata=event.metadata,
                         dense=dense[pos],
                         sparse=sparse[pos],
+                        topic=event.origin.topic,
+                        partition=event.origin.partition,
+                        offset=event.origin.offset,
                     )
                 )
                 pos += 1
-            writes.append(WriteUpsert(event, points))
+            writes.append(WriteUpsert(event, points, keep_chunks=len(points)))
         return writes
+
+
+def complete_chunk_count(points: Sequence[ChunkLayout], event: Upsert) -> int | None:
+    """n when the index holds exactly chunks 0..n-1 (one chunk_count n) written by `event`'s
+    version (and by its very record when the version is only a timestamp), else None."""
+    mine = [
+        p
+        for p in points
+        if p.version == event.version
+        and (event.explicit_version or p.offset == event.origin.offset)
+    ]
+    if not mine:
+        return None
+    count = mine[0].chunk_count
+    if any(p.chunk_count != count for p in mine):
+        return None
+    if sorted(p.chunk_index for p in mine) != list(range(count)):
+        return None
+    return count

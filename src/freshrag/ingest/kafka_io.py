@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -14,14 +16,18 @@ from bytewax.connectors.kafka import (
     KafkaSourceMessage,
 )
 from bytewax.inputs import StatefulSourcePartition
-from confluent_kafka import OFFSET_BEGINNING
+from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
+from freshrag.ingest.dlq import DEFAULT_DLQ_MAX_MESSAGE_BYTES, fit_dead_letter
 from freshrag.ingest.events import DeadLetter, RawRecord, RecordOrigin
 
+log = logging.getLogger("freshrag.ingest.kafka")
 IDLE_POLL = timedelta(milliseconds=20)
 
 # (topic, partition, next offset to read, offsets of the records in this batch)
 ReadListener = Callable[[str, int, int, list[int]], None]
+# (topic, partition, how many offsets were lost below the log start)
+LostListener = Callable[[str, int, int], None]
 
 
 class _StoppablePartition(StatefulSourcePartition[Any, Any]):
@@ -42,6 +48,47 @@ class _StoppablePartition(StatefulSourcePartition[Any, Any]):
         self._partition = partition
         self._on_read = on_read
         self._awake: datetime | None = None
+
+    def check_resume(self, resume_offset: int | None, on_lost: LostListener | None) -> None:
+        """A recovery offset below the log start means records were deleted unread (retention
+        passed, or the topic was recreated): say so loudly and count them, never hide it."""
+        if resume_offset is None or resume_offset < 0:
+            return
+        consumer = getattr(self._inner, "_consumer", None)
+        if consumer is None:
+            return
+        try:
+            low, high = consumer.get_watermark_offsets(
+                TopicPartition(self._topic, self._partition), timeout=10
+            )
+        except Exception:  # the broker not answering yet is not a loss; reading will retry
+            log.warning("cannot read the log start of %s/%d", self._topic, self._partition)
+            return
+        if resume_offset < low:
+            lost = low - resume_offset
+            log.error(
+                "recovery offset %d of %s/%d is below the log start %d: %d records were "
+                "deleted before they were indexed (retention passed?); reading from %d",
+                resume_offset,
+                self._topic,
+                self._partition,
+                low,
+                lost,
+                low,
+            )
+            if on_lost is not None:
+                on_lost(self._topic, self._partition, lost)
+        elif resume_offset > high:
+            log.error(
+                "recovery offset %d of %s/%d is past the log end %d: the topic was recreated; "
+                "reading it from the start",
+                resume_offset,
+                self._topic,
+                self._partition,
+                high,
+            )
+            if on_lost is not None:
+                on_lost(self._topic, self._partition, 0)
 
     def next_batch(self) -> list[Any]:
         if self._stop.is_set():
@@ -82,25 +129,32 @@ class StoppableKafkaSource(KafkaSource):  # type: ignore[misc]
         batch_size: int = 1000,
         add_config: dict[str, str] | None = None,
         on_read: ReadListener | None = None,
+        on_lost: LostListener | None = None,
     ) -> None:
+        # Never jump to the end silently: an offset out of range restarts at the log start,
+        # and `check_resume` reports what was lost.
+        config = {"auto.offset.reset": "earliest", **(add_config or {})}
         super().__init__(
             brokers,
             topics,
             tail=True,
             starting_offset=OFFSET_BEGINNING,
-            add_config=add_config,
+            add_config=config,
             batch_size=batch_size,
             raise_on_errors=False,
         )
         self._stop_event = stop
         self._on_read = on_read
+        self._on_lost = on_lost
 
     def build_part(  # type: ignore[override]
         self, step_id: str, for_part: str, resume_state: Any
     ) -> _StoppablePartition:
         inner = super().build_part(step_id, for_part, resume_state)
         index, topic = for_part.split("-", 1)
-        return _StoppablePartition(inner, self._stop_event, topic, int(index), self._on_read)
+        part = _StoppablePartition(inner, self._stop_event, topic, int(index), self._on_read)
+        part.check_resume(resume_state, self._on_lost)
+        return part
 
 
 def to_raw_record(msg: KafkaSourceMessage[bytes | None, bytes | None]) -> RawRecord:
@@ -116,18 +170,61 @@ def consume_error_to_dead_letter(err: KafkaError[bytes | None, bytes | None]) ->
     return DeadLetter(raw.key, raw.value, raw.origin, "KafkaConsumeError", str(err.err), "consume")
 
 
-def dead_letter_message(dead: DeadLetter) -> KafkaSinkMessage[bytes | None, bytes | None]:
-    return KafkaSinkMessage(key=dead.key, value=dead.value, headers=dead.headers())
+def dead_letter_message(
+    dead: DeadLetter, max_bytes: int = DEFAULT_DLQ_MAX_MESSAGE_BYTES
+) -> KafkaSinkMessage[bytes | None, bytes | None]:
+    """The DLQ record of a dead letter, truncated (and marked so) to fit in `max_bytes`."""
+    try:
+        headers = dead.headers()
+    except UnicodeEncodeError:  # a reason quoting a lone surrogate must not stop the DLQ sink
+        safe = replace(
+            dead,
+            error_class=_utf8_safe(dead.error_class),
+            message=_utf8_safe(dead.message),
+            step=_utf8_safe(dead.step),
+            origin=replace(dead.origin, topic=_utf8_safe(dead.origin.topic)),
+        )
+        headers = safe.headers()
+    fitted = fit_dead_letter(dead.key, dead.value, headers, max_bytes)
+    return KafkaSinkMessage(key=fitted.key, value=fitted.value, headers=fitted.headers)
 
 
-def ensure_topics(bootstrap: str, topics: Iterable[tuple[str, int]], timeout: float = 30) -> None:
-    """Create missing topics (name, partitions); existing ones are left as they are."""
+def _utf8_safe(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def dlq_producer_config(max_message_bytes: int) -> dict[str, str]:
+    """The DLQ producer's limits, set explicitly so they match `dead_letter_message`'s budget."""
+    return {
+        "enable.idempotence": "true",
+        "linger.ms": "5",
+        "message.max.bytes": str(max_message_bytes),
+        "batch.size": str(max_message_bytes),
+    }
+
+
+def dlq_topic_config(max_message_bytes: int) -> dict[str, str]:
+    """Topic config for a DLQ topic freshrag creates: accepts what the DLQ producer may send."""
+    return {"max.message.bytes": str(max_message_bytes)}
+
+
+def ensure_topics(
+    bootstrap: str,
+    topics: Iterable[tuple[str, int]],
+    timeout: float = 30,
+    configs: Mapping[str, Mapping[str, str]] | None = None,
+) -> None:
+    """Create missing topics (name, partitions), with `configs[name]` as topic config if given;
+    existing ones are left as they are."""
     from confluent_kafka.admin import AdminClient, NewTopic
 
     admin = AdminClient({"bootstrap.servers": bootstrap})
     existing = set(admin.list_topics(timeout=timeout).topics)
+    configs = configs or {}
     wanted = [
-        NewTopic(name, num_partitions=parts) for name, parts in topics if name not in existing
+        NewTopic(name, num_partitions=parts, config=dict(configs.get(name, {})))
+        for name, parts in topics
+        if name not in existing
     ]
     if not wanted:
         return

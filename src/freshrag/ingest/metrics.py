@@ -55,6 +55,24 @@ class IngestMetrics:
             registry=r,
         )
 
+        self.store_retries = Counter(
+            "freshrag_ingest_store_retries",
+            "Store calls retried after a transient error (unreachable, timeout, 5xx)",
+            registry=r,
+        )
+        self.offsets_lost = Counter(
+            "freshrag_ingest_offsets_lost",
+            "Records skipped because the recovery offset was below the log start (retention"
+            " passed or the topic was recreated)",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.gate_documents = Gauge(
+            "freshrag_ingest_gate_documents",
+            "Source keys held in the version gate state by this process",
+            registry=r,
+        )
+
     def on_read(self, topic: str, partition: int, next_offset: int, offsets: list[int]) -> None:
         self.source_offset.labels(topic, str(partition)).set(next_offset)
         if offsets:

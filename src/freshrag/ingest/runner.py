@@ -15,7 +15,7 @@ from freshrag.core.embedder import Embedder
 from freshrag.core.settings import Settings
 from freshrag.core.sparse import Bm25Encoder
 from freshrag.ingest.flow import FlowParts, build_flow
-from freshrag.ingest.kafka_io import ensure_topics
+from freshrag.ingest.kafka_io import dlq_topic_config, ensure_topics
 from freshrag.ingest.metrics import IngestMetrics
 from freshrag.retrieve.contract import Store
 from freshrag.retrieve.stores import open_store
@@ -117,6 +117,7 @@ def run_ingest(settings: Settings, opts: IngestOptions) -> None:
     ensure_topics(
         settings.kafka_bootstrap,
         [(settings.topic, opts.topic_partitions), (settings.dlq_topic, 1)],
+        configs={settings.dlq_topic: dlq_topic_config(settings.dlq_max_message_bytes)},
     )
     stop = threading.Event()
 

@@ -8,27 +8,23 @@ offsets still in flight; offsets Kafka skips (compaction, transaction markers) n
 
 from __future__ import annotations
 
-import heapq
 import threading
 from collections.abc import Iterable
 
 
 class WatermarkTracker:
+    """Holds only the offsets in flight (read, not yet final), so it stays as small as the
+    flow's buffers; the watermark is the lowest of them, or the next offset to read."""
+
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._pending: dict[int, set[int]] = {}
-        self._heaps: dict[int, list[int]] = {}
         self._next: dict[int, int] = {}
 
     def read(self, partition: int, offsets: Iterable[int], next_offset: int) -> None:
         """The source read these offsets; `next_offset` is where it reads next."""
         with self._lock:
-            pending = self._pending.setdefault(partition, set())
-            heap = self._heaps.setdefault(partition, [])
-            for offset in offsets:
-                if offset not in pending:
-                    pending.add(offset)
-                    heapq.heappush(heap, offset)
+            self._pending.setdefault(partition, set()).update(offsets)
             self._next[partition] = max(next_offset, self._next.get(partition, 0))
 
     def done(self, partition: int, offset: int) -> None:
@@ -40,14 +36,15 @@ class WatermarkTracker:
             for partition, offset in items:
                 self._pending.get(partition, set()).discard(offset)
 
+    def in_flight(self) -> int:
+        with self._lock:
+            return sum(len(p) for p in self._pending.values())
+
     def snapshot(self) -> dict[str, int]:
         """{partition: watermark}; every record of the partition below it is final."""
         out: dict[str, int] = {}
         with self._lock:
             for partition, next_offset in self._next.items():
-                pending = self._pending.get(partition, set())
-                heap = self._heaps.get(partition, [])
-                while heap and heap[0] not in pending:
-                    heapq.heappop(heap)
-                out[str(partition)] = heap[0] if heap else next_offset
+                pending = self._pending.get(partition)
+                out[str(partition)] = min(pending) if pending else next_offset
         return out

@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 DENSE_VECTOR = "dense"
 SPARSE_VECTOR = "bm25"
@@ -63,6 +63,10 @@ class ChunkPoint:
     dense: Sequence[float]
     sparse: SparseVector
     heading: str = ""
+    # where the change event came from: provenance, and the tie-break of equal versions
+    topic: str = ""
+    partition: int = -1
+    offset: int = -1
 
     @property
     def id(self) -> str:
@@ -83,7 +87,29 @@ class ChunkPoint:
             "updated_at": self.updated_at.isoformat(),
             "indexed_at": self.indexed_at.isoformat(),
             "metadata": dict(self.metadata),
+            "topic": self.topic,
+            "partition": self.partition,
+            "offset": self.offset,
         }
+
+
+class ChunkLayout(NamedTuple):
+    """What the index holds of one point: enough to prove a document is complete."""
+
+    version: int
+    offset: int
+    chunk_index: int
+    chunk_count: int
+
+
+def layout_of(payload: Mapping[str, Any]) -> ChunkLayout:
+    """A point's layout from its payload (points written before offsets were stored: -1)."""
+    return ChunkLayout(
+        int(payload["version"]),
+        int(payload.get("offset", -1) if payload.get("offset") is not None else -1),
+        int(payload["chunk_index"]),
+        int(payload["chunk_count"]),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,8 +156,12 @@ class Store(Protocol):
 
     def upsert_chunks(self, chunks: Sequence[ChunkPoint]) -> None: ...
 
-    def delete_versions_below(self, tenant: str, doc_id: str, version: int) -> None:
-        """Delete the document's points with version < `version` (stale chunks after upsert)."""
+    def delete_versions_below(
+        self, tenant: str, doc_id: str, version: int, keep_chunks: int | None = None
+    ) -> None:
+        """Delete the document's points with version < `version` (stale chunks after upsert),
+        and, with `keep_chunks=n`, its points of `version` with chunk_index >= n (the tail of an
+        earlier write of the same version)."""
 
     def delete_document(self, tenant: str, doc_id: str, up_to_version: int | None = None) -> None:
         """Delete the document's points with version <= `up_to_version` (all when None)."""
@@ -140,6 +170,11 @@ class Store(Protocol):
 
     def document_versions(self, tenant: str, doc_ids: Sequence[str]) -> dict[str, int]:
         """Highest indexed version per document (absent docs are left out)."""
+
+    def chunk_layouts(
+        self, tenant: str | None, doc_ids: Sequence[str]
+    ) -> dict[tuple[str, str], list[ChunkLayout]]:
+        """(tenant, doc_id) -> the layout of each of its points; `tenant=None`: every tenant."""
 
     def count(self, tenant: str | None = None) -> int: ...
 

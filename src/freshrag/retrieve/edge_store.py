@@ -22,6 +22,7 @@ from freshrag.retrieve.contract import (
     DENSE_VECTOR,
     PAYLOAD_INDEXES,
     SPARSE_VECTOR,
+    ChunkLayout,
     ChunkPoint,
     DocumentStatus,
     Hit,
@@ -30,8 +31,10 @@ from freshrag.retrieve.contract import (
     SparseVector,
 )
 from freshrag.retrieve.stores import (
+    LAYOUT_FIELDS,
     hit_order,
     iso_utc,
+    layouts_from_payloads,
     status_from_payloads,
     versions_from_payloads,
 )
@@ -278,11 +281,21 @@ class EdgeStore:
             ]
             shard.update(qe.UpdateOperation.upsert_points(points))
 
-    def delete_versions_below(self, tenant: str, doc_id: str, version: int) -> None:
-        cond = qe.FieldCondition("version", range=qe.RangeFloat(lt=version))
-        self._s().update(
-            qe.UpdateOperation.delete_points_by_filter(_doc_filter(tenant, doc_id, cond))
-        )
+    def delete_versions_below(
+        self, tenant: str, doc_id: str, version: int, keep_chunks: int | None = None
+    ) -> None:
+        stale: list[Any] = [qe.FieldCondition("version", range=qe.RangeFloat(lt=version))]
+        if keep_chunks is not None:
+            stale.append(
+                qe.Filter(
+                    must=[
+                        _match("version", version),
+                        qe.FieldCondition("chunk_index", range=qe.RangeFloat(gte=keep_chunks)),
+                    ]
+                )
+            )
+        flt = qe.Filter(must=[_match("tenant", tenant), _match("doc_id", doc_id)], should=stale)
+        self._s().update(qe.UpdateOperation.delete_points_by_filter(flt))
 
     def delete_document(self, tenant: str, doc_id: str, up_to_version: int | None = None) -> None:
         extra = []
@@ -323,6 +336,16 @@ class EdgeStore:
             return {}
         flt = qe.Filter(must=[_match("tenant", tenant), _match_any("doc_id", list(doc_ids))])
         return versions_from_payloads(self._scroll(flt, ["doc_id", "version"]))
+
+    def chunk_layouts(
+        self, tenant: str | None, doc_ids: Sequence[str]
+    ) -> dict[tuple[str, str], list[ChunkLayout]]:
+        if not doc_ids:
+            return {}
+        must = [_match_any("doc_id", list(doc_ids))]
+        if tenant is not None:
+            must.insert(0, _match("tenant", tenant))
+        return layouts_from_payloads(self._scroll(qe.Filter(must=must), LAYOUT_FIELDS))
 
     def count(self, tenant: str | None = None) -> int:
         flt = qe.Filter(must=[_match("tenant", tenant)]) if tenant is not None else None

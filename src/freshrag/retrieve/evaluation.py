@@ -28,7 +28,7 @@ from freshrag.ingest.indexing import (
     SparseEmbedder,
     WriteUpsert,
 )
-from freshrag.ingest.store_sink import apply_writes
+from freshrag.ingest.index_writer import apply_writes
 from freshrag.retrieve.contract import SearchFilter, Store
 from freshrag.retrieve.search import HybridSearcher, SearchMode, SearchRequest
 

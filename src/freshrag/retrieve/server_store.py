@@ -19,6 +19,7 @@ from freshrag.retrieve.contract import (
     DENSE_VECTOR,
     PAYLOAD_INDEXES,
     SPARSE_VECTOR,
+    ChunkLayout,
     ChunkPoint,
     DocumentStatus,
     Hit,
@@ -27,8 +28,10 @@ from freshrag.retrieve.contract import (
     SparseVector,
 )
 from freshrag.retrieve.stores import (
+    LAYOUT_FIELDS,
     as_aware,
     hit_order,
+    layouts_from_payloads,
     status_from_payloads,
     versions_from_payloads,
 )
@@ -233,9 +236,26 @@ class QdrantServerStore:
             self.collection, points_selector=models.FilterSelector(filter=flt), wait=True
         )
 
-    def delete_versions_below(self, tenant: str, doc_id: str, version: int) -> None:
-        cond = models.FieldCondition(key="version", range=models.Range(lt=version))
-        self._delete(_doc_filter(tenant, doc_id, cond))
+    def delete_versions_below(
+        self, tenant: str, doc_id: str, version: int, keep_chunks: int | None = None
+    ) -> None:
+        stale: list[models.Condition] = [
+            models.FieldCondition(key="version", range=models.Range(lt=version))
+        ]
+        if keep_chunks is not None:
+            stale.append(
+                models.Filter(
+                    must=[
+                        _match("version", version),
+                        models.FieldCondition(
+                            key="chunk_index", range=models.Range(gte=keep_chunks)
+                        ),
+                    ]
+                )
+            )
+        self._delete(
+            models.Filter(must=[_match("tenant", tenant), _match("doc_id", doc_id)], should=stale)
+        )
 
     def delete_document(self, tenant: str, doc_id: str, up_to_version: int | None = None) -> None:
         extra: list[models.Condition] = []
@@ -276,6 +296,16 @@ class QdrantServerStore:
             return {}
         flt = models.Filter(must=[_match("tenant", tenant), _match_any("doc_id", list(doc_ids))])
         return versions_from_payloads(self._scroll(flt, ["doc_id", "version"]))
+
+    def chunk_layouts(
+        self, tenant: str | None, doc_ids: Sequence[str]
+    ) -> dict[tuple[str, str], list[ChunkLayout]]:
+        if not doc_ids:
+            return {}
+        must: list[models.Condition] = [_match_any("doc_id", list(doc_ids))]
+        if tenant is not None:
+            must.insert(0, _match("tenant", tenant))
+        return layouts_from_payloads(self._scroll(models.Filter(must=must), LAYOUT_FIELDS))
 
     def count(self, tenant: str | None = None) -> int:
         result = self.client.count(self.collection, count_filter=_tenant_filter(tenant), exact=True)

@@ -11,7 +11,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from freshrag.retrieve.contract import DEFAULT_COLLECTION, DocumentStatus, Hit, Store
+from freshrag.retrieve.contract import (
+    DEFAULT_COLLECTION,
+    ChunkLayout,
+    DocumentStatus,
+    Hit,
+    Store,
+    layout_of,
+)
 
 
 def open_store(
@@ -87,4 +94,17 @@ def versions_from_payloads(payloads: Iterable[dict[str, Any]]) -> dict[str, int]
         doc, version = str(p["doc_id"]), int(p["version"])
         if doc not in out or version > out[doc]:
             out[doc] = version
+    return out
+
+
+LAYOUT_FIELDS = ["tenant", "doc_id", "version", "offset", "chunk_index", "chunk_count"]
+
+
+def layouts_from_payloads(
+    payloads: Iterable[dict[str, Any]],
+) -> dict[tuple[str, str], list[ChunkLayout]]:
+    """(tenant, doc_id) -> each point's layout, from payloads holding LAYOUT_FIELDS."""
+    out: dict[tuple[str, str], list[ChunkLayout]] = {}
+    for p in payloads:
+        out.setdefault((str(p["tenant"]), str(p["doc_id"])), []).append(layout_of(p))
     return out

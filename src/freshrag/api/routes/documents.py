@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict
 from typing import Any
 
@@ -74,6 +75,18 @@ def upsert_document(body: DocumentBody, caller: CallerDep, services: ServicesDep
         event["version"] = body.version
     if body.updated_at is not None:
         event["updated_at"] = body.updated_at.isoformat()
+    # The flow dead-letters an event over the limit, and the event is more than its text.
+    event_size = len(json.dumps(event, ensure_ascii=False, default=str).encode())
+    if event_size > limit:
+        raise HTTPException(
+            413,
+            {
+                "type": "payload_too_large",
+                "field": "text",
+                "message": f"the document event is {event_size} bytes, over the "
+                f"{limit}-byte document limit",
+            },
+        )
     return _out(body.id, "upsert", _send(services, event))
 
 

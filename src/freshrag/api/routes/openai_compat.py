@@ -9,13 +9,15 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, HTTPException
 from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from freshrag.api.deps import CallerDep, ServicesDep
+from freshrag.api.limits import LimitsDep
 from freshrag.api.retrieval import retrieve_sources
 from freshrag.api.routes.chat import (
     citation_out,
@@ -37,8 +39,14 @@ def models(caller: CallerDep) -> dict[str, Any]:
     return {"object": "list", "data": [{"id": MODEL, "object": "model", "owned_by": "freshrag"}]}
 
 
-@router.post("/chat/completions")
-def chat_completions(body: OpenAIChatBody, caller: CallerDep, services: ServicesDep) -> Any:
+@router.post(
+    "/chat/completions",
+    responses={429: {"description": "too many chats in flight; OpenAI error shape, Retry-After"}},
+)
+async def chat_completions(
+    body: OpenAIChatBody, caller: CallerDep, services: ServicesDep, limits: LimitsDep
+) -> Any:
+    """Async like /v1/chat: the LLM call runs in the LLM executor, never in the threadpool."""
     if body.model != MODEL and not body.model.startswith(MODEL + ":"):
         raise HTTPException(
             404,
@@ -50,44 +58,60 @@ def chat_completions(body: OpenAIChatBody, caller: CallerDep, services: Services
             },
         )
     question, history = split_messages(body.messages, services)
-    retrieved = retrieve_sources(
-        services, caller, question, Filters(), services.settings.chat_top_k, fresh=False
-    )
-    completion_id = f"chatcmpl-{uuid.uuid4().hex}"
-    created = int(time.time())
-
-    if not body.stream:
-        try:
-            answer = services.answerer.answer(question, retrieved.sources, history)
-        except LLMError as exc:
-            return upstream_error(exc, retrieved)
-        return {
-            "id": completion_id,
-            "object": "chat.completion",
-            "created": created,
-            "model": MODEL,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": answer.text},
-                    "finish_reason": "stop",
-                }
-            ],
-            "usage": {
-                "prompt_tokens": answer.prompt_tokens,
-                "completion_tokens": 0,
-                "total_tokens": answer.prompt_tokens,
-            },
-            "citations": [citation_out(c).model_dump() for c in answer.citations],
-            "sources": [source_out(ns).model_dump() for ns in answer.sources_used],
-            "refused": answer.refused,
-            "citations_inferred": answer.citations_inferred,
-        }
-
+    slot = limits.chat_slot(caller.tenant, openai=True)  # 429 in OpenAI's error shape
     try:
-        first, events = first_event(services, question, retrieved, history)
-    except LLMError as exc:
-        return upstream_error(exc, retrieved)
+        retrieved = await run_in_threadpool(
+            retrieve_sources,
+            services,
+            caller,
+            question,
+            Filters(),
+            services.settings.chat_top_k,
+            False,
+        )
+        completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+        created = int(time.time())
+
+        if not body.stream:
+            try:
+                answer = await slot.call(
+                    services.answerer.answer, question, retrieved.sources, history
+                )
+            except LLMError as exc:
+                return upstream_error(exc, retrieved)
+            finally:
+                slot.release()
+            return {
+                "id": completion_id,
+                "object": "chat.completion",
+                "created": created,
+                "model": MODEL,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": answer.text},
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": answer.prompt_tokens,
+                    "completion_tokens": 0,
+                    "total_tokens": answer.prompt_tokens,
+                },
+                "citations": [citation_out(c).model_dump() for c in answer.citations],
+                "sources": [source_out(ns).model_dump() for ns in answer.sources_used],
+                "refused": answer.refused,
+                "citations_inferred": answer.citations_inferred,
+            }
+
+        try:
+            first, events = await slot.call(first_event, services, question, retrieved, history)
+        except LLMError as exc:
+            slot.release()
+            return upstream_error(exc, retrieved)
+    except BaseException:
+        slot.release()
+        raise
 
     def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
         body_ = {
@@ -100,7 +124,7 @@ def chat_completions(body: OpenAIChatBody, caller: CallerDep, services: Services
         }
         return f"data: {json.dumps(body_, default=str)}\n\n"
 
-    def stream() -> Iterator[str]:
+    async def stream() -> AsyncIterator[str]:
         event: Any = first
         try:
             while event is not None:
@@ -118,12 +142,16 @@ def chat_completions(body: OpenAIChatBody, caller: CallerDep, services: Services
                         refused=answer.refused,
                         citations_inferred=answer.citations_inferred,
                     )
-                event = next(events, None)
+                event = await slot.call(next, events, None)  # LLM reads off the pool
         except LLMError as exc:
             err = {"message": exc.reason, "type": "upstream_unavailable", "upstream": exc.upstream}
             yield f"data: {json.dumps({'error': err})}\n\n"
+        finally:
+            slot.release(events.close)
         yield "data: [DONE]\n\n"
 
+    body_iterator = stream()
+    slot.release_with(body_iterator, events.close)
     return StreamingResponse(
-        stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+        body_iterator, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
     )

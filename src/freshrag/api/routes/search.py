@@ -5,23 +5,34 @@ from __future__ import annotations
 import time
 
 from fastapi import APIRouter, HTTPException
+from starlette.concurrency import run_in_threadpool
 
+from freshrag.api.auth import Caller
 from freshrag.api.consistency import wait_for_token
 from freshrag.api.deps import CallerDep, ServicesDep
+from freshrag.api.limits import LimitsDep
 from freshrag.api.retrieval import hit_out, index_info, search_filter
 from freshrag.api.schemas import SearchBody, SearchOut
+from freshrag.api.services import Services
 from freshrag.retrieve.search import SearchRequest
 
 router = APIRouter(prefix="/v1", tags=["search"])
 
 
 @router.post("/search", response_model=SearchOut)
-def search(body: SearchBody, caller: CallerDep, services: ServicesDep) -> SearchOut:
+async def search(
+    body: SearchBody, caller: CallerDep, services: ServicesDep, limits: LimitsDep
+) -> SearchOut:
     if len(body.query) > services.settings.max_query_chars:
         raise HTTPException(
             422, {"type": "invalid", "field": "query", "message": "query is too long"}
         )
-    wait_for_token(services, body.consistency_token)
+    await wait_for_token(services, limits, body.consistency_token)  # holds no thread
+    return await run_in_threadpool(run_search, body, caller, services)
+
+
+def run_search(body: SearchBody, caller: Caller, services: Services) -> SearchOut:
+    """The search itself: short blocking work (embedding, store), run in the threadpool."""
     started = time.perf_counter()
     req = SearchRequest(
         query=body.query,

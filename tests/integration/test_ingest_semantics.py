@@ -1,0 +1,174 @@
+"""Version order, tenant resolution and lost offsets: the flow on real Kafka, model and Edge."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from freshrag.core.settings import Settings, load_settings
+from freshrag.ingest.events import DebeziumMapping
+from freshrag.retrieve.contract import Store
+from freshrag.retrieve.edge_store import EdgeStore
+from tests.integration.harness import RunningFlow, event, index_state, produce, wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.kafka]
+
+
+@pytest.fixture
+def settings(kafka_bootstrap: str, make_topic: Any) -> Settings:
+    topic = make_topic("sem", partitions=1)
+    return load_settings(
+        kafka_bootstrap=kafka_bootstrap,
+        topic=topic,
+        dlq_topic=f"{topic}.dlq",
+        embed_batch_size=16,
+        embed_max_wait_ms=50,
+        metrics_port=0,
+    )
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    s = EdgeStore(tmp_path / "index", "freshrag")
+    s.ensure_collection()
+    yield s
+    s.close()
+
+
+def texts(store: Store) -> dict[tuple[str, str], str]:
+    return {(p["tenant"], p["doc_id"]): p["text"] for p in store.scroll_payloads()}
+
+
+def debezium(op: str, before: Any, after: Any) -> bytes:
+    return json.dumps({"op": op, "before": before, "after": after, "source": {}}).encode()
+
+
+def test_a_delete_without_version_never_blocks_a_later_re_create(
+    settings: Settings, store: Store, embedder: Any
+) -> None:
+    """POST v3, DELETE without a version, POST v4: v4 is indexed (it was dropped before)."""
+    b, t = settings.kafka_bootstrap, settings.topic
+    with RunningFlow(settings, store, embedder) as flow:
+        produce(b, t, [event(op="upsert", id="kb", version=3, text="Version three text.")])
+        wait_for(lambda: index_state(store) == {("default", "kb"): (3, 1)}, what="v3")
+        produce(b, t, [event(op="delete", id="kb")])
+        wait_for(lambda: index_state(store) == {}, what="deleted")
+        produce(b, t, [event(op="upsert", id="kb", version=4, text="Version four is back.")])
+        wait_for(lambda: index_state(store) == {("default", "kb"): (4, 1)}, what="v4 re-created")
+        assert flow.counter("freshrag_ingest_events_total", op="upsert", outcome="stale") == 0
+
+
+def test_debezium_delete_tombstone_then_insert_of_the_same_key(
+    settings: Settings, store: Store, embedder: Any
+) -> None:
+    b, t = settings.kafka_bootstrap, settings.topic
+    row3 = {"id": 7, "tenant": "acme", "version": 3, "text": "Row seven, version three."}
+    row4 = {"id": 7, "tenant": "acme", "version": 4, "text": "Row seven is inserted again."}
+    key = json.dumps({"id": 7}).encode()
+    flow = RunningFlow(settings, store, embedder)
+    flow.parts.mapping = DebeziumMapping(version_field="version")
+    with flow:
+        produce(b, t, [(key, debezium("c", None, row3))])
+        wait_for(lambda: index_state(store) == {("acme", "7"): (3, 1)}, what="row inserted")
+        produce(b, t, [(key, debezium("d", row3, None)), (key, None)])  # delete, then tombstone
+        wait_for(lambda: index_state(store) == {}, what="row deleted")
+        produce(b, t, [(key, debezium("c", None, row4))])
+        wait_for(lambda: index_state(store) == {("acme", "7"): (4, 1)}, what="row re-inserted")
+    assert "inserted again" in texts(store)[("acme", "7")]
+
+
+def test_two_version_less_upserts_in_one_millisecond_keep_the_later(
+    settings: Settings, store: Store, embedder: Any
+) -> None:
+    b, t = settings.kafka_bootstrap, settings.topic
+    ts = int(time.time() * 1000)
+    producer = Producer({"bootstrap.servers": b, "enable.idempotence": True})
+    for text in ("The first write of this millisecond.", "The second write wins."):
+        body = json.dumps({"op": "upsert", "id": "same-ms", "text": text}).encode()
+        producer.produce(t, key=b"same-ms", value=body, timestamp=ts)
+    assert producer.flush(30) == 0
+    with RunningFlow(settings, store, embedder):
+        wait_for(
+            lambda: texts(store).get(("default", "same-ms"), "").startswith("The second"),
+            what="the later write indexed",
+            show=lambda: texts(store),
+        )
+    assert index_state(store) == {("default", "same-ms"): (ts, 1)}
+
+
+def test_key_only_deletes_reach_the_rows_tenant_and_spare_the_default_tenant(
+    settings: Settings, store: Store, embedder: Any
+) -> None:
+    """REPLICA IDENTITY DEFAULT `before` images and bare-key tombstones used to hit `default`."""
+    b, t = settings.kafka_bootstrap, settings.topic
+    row = {"id": 42, "tenant": "acme", "text": "Acme's row forty-two."}
+    moving = {"id": 43, "tenant": "acme", "text": "Row forty-three starts at acme."}
+    with RunningFlow(settings, store, embedder):
+        produce(
+            b,
+            t,
+            [
+                event(op="upsert", id="42", text="A native default-tenant document 42."),
+                event(op="upsert", id="43", text="A native default-tenant document 43."),
+                (json.dumps({"id": 42}).encode(), debezium("c", None, row)),
+                (json.dumps({"id": 43}).encode(), debezium("c", None, moving)),
+            ],
+        )
+        wait_for(lambda: len(index_state(store)) == 4, what="4 documents")
+        produce(
+            b,
+            t,
+            [
+                (json.dumps({"id": 42}).encode(), debezium("d", {"id": 42}, None)),
+                # the row moves to another tenant: it leaves acme
+                (
+                    json.dumps({"id": 43}).encode(),
+                    debezium("u", moving, {**moving, "tenant": "globex", "text": "Now globex."}),
+                ),
+            ],
+        )
+        wait_for(
+            lambda: (
+                set(index_state(store)) == {("default", "42"), ("default", "43"), ("globex", "43")}
+            ),
+            what="acme's rows gone, default's documents kept",
+            show=lambda: sorted(index_state(store)),
+        )
+        produce(b, t, [(b"43", None)])  # a bare-key tombstone: the row's tenant (globex)
+        wait_for(
+            lambda: set(index_state(store)) == {("default", "42"), ("default", "43")},
+            what="tombstone reached globex",
+            show=lambda: sorted(index_state(store)),
+        )
+
+
+def test_a_recovery_offset_below_the_log_start_is_reported_not_skipped_silently(
+    settings: Settings, store: Store, embedder: Any, tmp_path: Path, caplog: Any
+) -> None:
+    b, t = settings.kafka_bootstrap, settings.topic
+    recovery = tmp_path / "recovery"
+    produce(b, t, [event(op="upsert", id=f"a{i}", version=1, text=f"Early {i}.") for i in range(3)])
+    with RunningFlow(settings, store, embedder, recovery_dir=recovery):
+        wait_for(lambda: len(index_state(store)) == 3, what="first 3 indexed")
+        time.sleep(1.5)  # let an epoch snapshot the offsets
+    produce(b, t, [event(op="upsert", id=f"b{i}", version=1, text=f"Late {i}.") for i in range(6)])
+    # retention passes over offsets 3..5 before the flow comes back (log start -> 6)
+    admin = AdminClient({"bootstrap.servers": b})
+    futures = admin.delete_records([TopicPartition(t, 0, 6)])
+    for future in futures.values():
+        future.result(timeout=30)
+    caplog.set_level(logging.ERROR, logger="freshrag.ingest.kafka")
+    with RunningFlow(settings, store, embedder, recovery_dir=recovery) as flow:
+        wait_for(lambda: len(index_state(store)) == 6, what="records after the gap indexed")
+        lost = flow.counter("freshrag_ingest_offsets_lost_total", topic=t, partition="0")
+    assert lost == 3
+    assert any("below the log start" in r.getMessage() for r in caplog.records)
+    assert {k[1] for k in index_state(store)} == {"a0", "a1", "a2", "b3", "b4", "b5"}
