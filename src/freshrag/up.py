@@ -52,6 +52,26 @@ class FlowThread:
             log.error("the dataflow did not stop within %ss", timeout)
 
 
+def query_embedder(settings: Settings, ingest: Any) -> Any:
+    """The embedder behind the API's searches (FRESHRAG_QUERY_MODEL).
+
+    'separate' (default): a second model instance (+90 MB), so a query never waits for the
+    ingest's batches; it shares the cores with them instead. 'shared': the ingest's instance,
+    where a waiting query goes before the next ingest sub-batch (`FRESHRAG_EMBED_SUB_BATCH_SIZE`)
+    but still waits for the running one. `python -m benchmarks.query_during_ingest` measures both.
+    """
+    if settings.query_model == "shared":
+        return ingest
+    from freshrag.core.embedder import Embedder
+
+    return Embedder(
+        settings.embedder_model_path,
+        device=settings.embed_device,
+        batch_size=settings.embed_batch_size,
+        query_cache_size=settings.query_cache_size,
+    )
+
+
 def run_up(settings: Settings, opts: IngestOptions) -> None:
     import uvicorn
     from prometheus_client import CollectorRegistry
@@ -89,7 +109,7 @@ def run_up(settings: Settings, opts: IngestOptions) -> None:
     services = build_services(
         settings,
         store=store,
-        embedder=embedder,
+        embedder=query_embedder(settings, embedder),
         watermarks=parts.watermarks.snapshot,
         recent=recent,
         registry=registry,

@@ -95,7 +95,7 @@ def test_kill9_at_random_moments_leaves_the_index_exact(
             else:  # while the flow runs
                 wait_for(proc.flowing, timeout=180, what="ingest flowing")
                 when = f"flowing after {time.monotonic() - proc.started:.1f} s"
-                delay = moments.uniform(0.2, 5.0)
+                delay = moments.uniform(0.2, 12.0)
             time.sleep(delay)
             assert proc.alive, f"ingest died on its own:\n{proc.log_tail()}"
             proc.kill()

@@ -13,7 +13,7 @@ from freshrag.core.embedder import Embedder
 pytestmark = [pytest.mark.integration]
 
 HOT = ("alpha: which volcano is on Sicily?", "beta: when do emperor penguins breed?")
-EVICTIONS = 20
+EVICTIONS = 12
 
 
 @pytest.fixture

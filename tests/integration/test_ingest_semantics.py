@@ -172,3 +172,173 @@ def test_a_recovery_offset_below_the_log_start_is_reported_not_skipped_silently(
     assert lost == 3
     assert any("below the log start" in r.getMessage() for r in caplog.records)
     assert {k[1] for k in index_state(store)} == {"a0", "a1", "a2", "b3", "b4", "b5"}
+
+
+BUFFERED = ["b0", "b2", "b9"]  # one embedding bucket (crc32 % 4), with "after5"
+OTHER_BUCKET = ["b1", "b3", "b8", "after4"]  # another bucket
+
+
+@pytest.mark.slow
+def test_records_buffered_at_a_crash_hold_the_watermark_until_rewritten(
+    kafka_bootstrap: str, make_topic: Any, tmp_path: Path
+) -> None:
+    """kill -9 while records wait in the embedding buffer (snapshotted, so not read again):
+    after the restart, the published watermark must not pass them before they are indexed."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tests.conftest import ROOT, free_port
+
+    topic = make_topic("ryw", partitions=1)
+    index, recovery = tmp_path / "index", tmp_path / "recovery"
+
+    def start() -> tuple[subprocess.Popen[bytes], int]:
+        port = free_port()
+        env = {
+            **os.environ,
+            "FRESHRAG_KAFKA_BOOTSTRAP": kafka_bootstrap,
+            "FRESHRAG_TOPIC": topic,
+            "FRESHRAG_DLQ_TOPIC": f"{topic}.dlq",
+            "FRESHRAG_INDEX_PATH": str(index),
+            "FRESHRAG_METRICS_PORT": str(port),
+            # records sit in the buffer across the kill; the 4th fills the batch
+            "FRESHRAG_EMBED_MAX_WAIT_MS": "60000",
+            "FRESHRAG_EMBED_BATCH_SIZE": "4",
+        }
+        env.pop("FRESHRAG_QDRANT_URL", None)
+        env.pop("QDRANT_URL", None)
+        log = (tmp_path / f"ingest-{port}.log").open("w")
+        args = [sys.executable, "-m", "freshrag.cli", "ingest", "-r", str(recovery), "-s", "0.3"]
+        return subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=log), port
+
+    def applied(port: int) -> float:
+        try:
+            text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+        except httpx.HTTPError:
+            return -1
+        total = 0.0
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if (
+                    sample.name == "freshrag_ingest_events_total"
+                    and sample.labels.get("outcome") == "applied"
+                ):
+                    total += sample.value
+        return total
+
+    def reading(port: int) -> bool:
+        """The flow runs (the metrics server comes up before the model is loaded)."""
+        try:
+            text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+        except httpx.HTTPError:
+            return False
+        return "freshrag_ingest_source_offset{" in text
+
+    def watermark() -> int:
+        return EdgeStore(index, "freshrag").load_watermarks(topic).get("0", 0)
+
+    first, port = start()
+    try:
+        produce(
+            kafka_bootstrap,
+            topic,
+            [event(op="upsert", id=b, version=1, text=f"Buffered {b}.") for b in BUFFERED],
+        )
+        wait_for(lambda: reading(port), timeout=120, what="first ingest reading")
+        time.sleep(1.5)  # read and snapshotted (every 0.3 s), still inside the buffer
+        assert applied(port) == 0
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=30)
+    assert watermark() == 0  # nothing was indexed before the crash
+
+    second, port = start()
+    violations: list[tuple[int, float]] = []
+
+    def check(seconds: float, until: int) -> None:
+        """Every record below the published watermark must be indexed (none was before the
+        crash, and each is an upsert of its own document)."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            mark, done = watermark(), applied(port)
+            if mark > done:
+                violations.append((mark, done))
+            if mark >= until:
+                return
+            time.sleep(0.05)
+
+    try:
+        wait_for(lambda: reading(port), timeout=120, what="second ingest reading")
+        # another bucket: a full batch of 4, indexed at once, while the restored 3 still wait
+        produce(
+            kafka_bootstrap,
+            topic,
+            [event(op="upsert", id=d, version=1, text=f"New {d}.") for d in OTHER_BUCKET],
+        )
+        wait_for(lambda: applied(port) >= 4, timeout=120, what="the other bucket indexed")
+        check(3.0, until=99)
+        # the restored bucket's 4th record completes its batch
+        produce(kafka_bootstrap, topic, [event(op="upsert", id="after5", version=1, text="N.")])
+        check(60.0, until=8)
+        assert watermark() == 8, "everything is indexed in the end"
+        read = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+        assert "freshrag_ingest_records_read_total 5.0" in read, read
+    finally:
+        second.send_signal(signal.SIGTERM)
+        second.wait(timeout=60)
+    assert violations == []
+    want = {("default", b) for b in [*BUFFERED, *OTHER_BUCKET, "after5"]}
+    assert set(index_state_of(index)) == want
+
+
+def index_state_of(index: Path) -> dict[tuple[str, str], tuple[int, int]]:
+    store = EdgeStore(index, "freshrag")
+    try:
+        return index_state(store)
+    finally:
+        store.close()
+
+
+def test_the_gate_forgets_deleted_documents_after_the_retention(
+    kafka_bootstrap: str, make_topic: Any, store: Store, embedder: Any
+) -> None:
+    """Bounded state on the real dataflow: a deleted document's key leaves the gate state once
+    its retention passes (a timer, with no further event for it); a live one stays."""
+    topic = make_topic("retention", partitions=1)
+    short = load_settings(
+        kafka_bootstrap=kafka_bootstrap,
+        topic=topic,
+        dlq_topic=f"{topic}.dlq",
+        embed_max_wait_ms=50,
+        metrics_port=0,
+        delete_retention_s=1.0,
+    )
+    with RunningFlow(short, store, embedder) as flow:
+        produce(
+            kafka_bootstrap,
+            topic,
+            [
+                event(op="upsert", id="live", version=1, text="Stays."),
+                event(op="upsert", id="gone", version=1, text="Goes."),
+                event(op="delete", id="gone", version=2),
+            ],
+        )
+        wait_for(lambda: set(index_state(store)) == {("default", "live")}, what="indexed")
+        assert flow.counter("freshrag_ingest_gate_documents") == 2
+        wait_for(
+            lambda: flow.counter("freshrag_ingest_gate_documents") == 1,
+            timeout=30,
+            what="the deleted document forgotten",
+        )
+        # the live document's entry is still there: a replayed old upsert is still dropped
+        produce(kafka_bootstrap, topic, [event(op="upsert", id="live", version=1, text="Old.")])
+        wait_for(
+            lambda: flow.counter("freshrag_ingest_events_total", op="upsert", outcome="stale") == 1,
+            what="replayed live upsert dropped by the gate",
+        )
+    assert index_state(store) == {("default", "live"): (1, 1)}

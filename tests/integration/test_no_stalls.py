@@ -6,6 +6,7 @@ hanging LLM is a local socket that accepts connections and never answers."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import socket
 import threading
@@ -103,7 +104,10 @@ class StalledLLM:
 
     def hang_up(self) -> None:
         """Close every connection and stop listening: the LLM is now unreachable."""
+        with contextlib.suppress(OSError):  # already shut down
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
         self.sock.close()
+        self._thread.join(timeout=10)
         for conn in self.accepted:
             conn.close()
 
@@ -338,6 +342,45 @@ def test_search_during_a_large_ingest_batch_goes_before_the_batch_ends(
     for i in (0, 17, 399):
         alone = embedder.embed_documents([texts[i]])[0]
         assert float(np.dot(vectors[i], alone)) > 0.9999
+
+
+def test_under_up_searches_use_their_own_model_while_an_ingest_batch_runs(
+    store: EdgeStore, embedder: Any
+) -> None:
+    """FRESHRAG_QUERY_MODEL=separate (the default): the ingest embedder is busy with one big
+    model call, and a search still answers before that call ends."""
+    from freshrag.up import query_embedder
+
+    assert query_embedder(settings_for(query_model="shared"), embedder) is embedder
+    settings = settings_for()
+    queries = query_embedder(settings, embedder)
+    assert queries is not embedder
+    services = build_services(settings, store=store, embedder=queries, with_producer=False)
+    app = create_app(settings, services)
+    texts = [f"ingest chunk {i} about lanterns, harbors and copper " * 12 for i in range(400)]
+    trace: list[str] = []
+    sub_batch, embedder.sub_batch_size = embedder.sub_batch_size, len(texts)  # one model call
+    embedder.on_encode = lambda kind, _n: trace.append(kind)
+    try:
+        with ApiServer(app, free_port()) as server:
+            batch = threading.Thread(target=embedder.embed_documents, args=(texts,))
+            batch.start()
+            wait_for(lambda: "documents_wait" in trace, what="the ingest batch started")
+            r = httpx.post(
+                f"{server.url}/v1/search",
+                headers=ACME,
+                json={"query": "which catalogue lists blazar jets?"},
+                timeout=300,
+            )
+            done_during_batch = "documents" not in trace
+            batch.join(timeout=600)
+    finally:
+        embedder.on_encode = None
+        embedder.sub_batch_size = sub_batch
+        services.close()
+    assert r.status_code == 200 and r.json()["hits"][0]["doc_id"] == "quasar"
+    assert done_during_batch, "the search waited for the ingest batch"
+    assert trace == ["documents_wait", "documents"]  # the search never used the ingest model
 
 
 def test_query_priority_is_bounded_so_ingest_keeps_moving(embedder: Any) -> None:

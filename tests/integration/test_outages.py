@@ -139,12 +139,13 @@ def test_broker_outage_of_30s_while_producing_loses_nothing(
     topic = _create_topic(bootstrap, "broker-outage")
     records = mixed_events(random.Random(91), 600, 90)
     work = tmp_path / "ingest"
+    produce(bootstrap, topic, records[:100])  # the source reports a position once it reads
     proc = IngestCli(bootstrap, topic, work, "-r", str(tmp_path / "recovery"), "-s", "1")
     try:
         wait_for(proc.flowing, timeout=180, what="ingest flowing")
-        feeder = PacedProducer(bootstrap, topic, records, seconds=60)
+        feeder = PacedProducer(bootstrap, topic, records[100:], seconds=60)
         feeder.start()
-        wait_for(lambda: feeder.delivered >= 150, timeout=120, what="first deliveries")
+        wait_for(lambda: feeder.delivered >= 100, timeout=120, what="first deliveries")
 
         _kafka("stop", "--dir", str(data))
         down_at = time.monotonic()
@@ -220,12 +221,13 @@ def test_qdrant_killed_and_restarted_mid_stream_loses_nothing(
     topic = make_topic("store-outage", partitions=4)
     records = mixed_events(random.Random(92), 600, 90)
     env = _server_env(own_qdrant, "outage")
+    produce(kafka_bootstrap, topic, records[:100])
     proc = IngestCli(
         kafka_bootstrap, topic, tmp_path / "ingest", "-r", str(tmp_path / "rec"), env=env
     )
     try:
         wait_for(proc.flowing, timeout=180, what="ingest flowing")
-        feeder = PacedProducer(kafka_bootstrap, topic, records, seconds=30)
+        feeder = PacedProducer(kafka_bootstrap, topic, records[100:], seconds=30)
         feeder.start()
         wait_for(lambda: proc.metrics().get("done", 0) >= 100, timeout=120, what="writes")
         own_qdrant.kill()

@@ -16,8 +16,8 @@ from qdrant_client import QdrantClient
 
 from freshrag.core.sparse import Bm25Encoder
 from freshrag.ingest.events import RecordOrigin, Upsert
-from freshrag.ingest.indexing import ChunkingConfig, DocumentIndexer
 from freshrag.ingest.index_writer import apply_writes
+from freshrag.ingest.indexing import ChunkingConfig, DocumentIndexer
 from freshrag.retrieve.contract import SearchFilter, Store
 from freshrag.retrieve.edge_store import EdgeStore
 from freshrag.retrieve.search import MAX_TOP_K, HybridSearcher, SearchRequest

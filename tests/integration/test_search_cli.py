@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 from freshrag.cli import app
 from freshrag.core.sparse import Bm25Encoder
 from freshrag.ingest.events import RecordOrigin, Upsert
-from freshrag.ingest.indexing import ChunkingConfig, DocumentIndexer
 from freshrag.ingest.index_writer import apply_writes
+from freshrag.ingest.indexing import ChunkingConfig, DocumentIndexer
 from freshrag.retrieve.edge_store import EdgeStore
 
 pytestmark = pytest.mark.integration

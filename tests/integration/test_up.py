@@ -165,6 +165,91 @@ def test_web_page_add_document_and_get_cited_answer(up: UpProcess) -> None:
         browser.close()
 
 
+HOSTILE = {
+    "id": "hostile-quokka",
+    "title": '<img src=x onerror="window.__pwned=1">Quokka <script>window.__pwned=2</script>notes',
+    "text": (
+        "Quokka field notes: the quokka of Rottnest Island smiles at hikers and eats leaves. "
+        '<script>window.__pwned=3</script><img src=x onerror="window.__pwned=4"> '
+        '<a href="javascript:window.__pwned=5">click</a>'
+    ),
+    "url": "javascript:window.__pwned=6;alert(document.domain)",
+}
+
+
+def test_web_page_renders_a_hostile_document_inert(up: UpProcess) -> None:
+    """Script in a document's title, text and url: shown as text, never run, never a link.
+    The API key stays in sessionStorage unless "remember" is ticked."""
+    from playwright.sync_api import expect, sync_playwright
+
+    http = httpx.Client(base_url=up.url, headers=AUTH, timeout=60)
+    w = http.post("/v1/documents", json=HOSTILE)
+    assert w.status_code == 202, w.text
+    r = http.post(
+        "/v1/search",
+        json={
+            "query": "quokka Rottnest Island",
+            "top_k": 1,
+            "consistency_token": w.json()["consistency_token"],
+        },
+    )
+    assert r.json()["hits"][0]["doc_id"] == HOSTILE["id"]
+
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=chromium,
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-sync"],
+        )
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        page = context.new_page()
+        dialogs: list[str] = []
+        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+        response = page.goto(up.url + "/")
+        assert response is not None
+        assert "script-src 'sha256-" in response.headers["content-security-policy"]
+        page.fill("#apiKey", KEY)
+        page.click("#saveKey")
+        assert page.evaluate("sessionStorage.getItem('freshrag.apiKey')") == KEY
+        assert page.evaluate("localStorage.getItem('freshrag.apiKey')") is None
+
+        # the title's markup is shown as text in the activity list
+        expect(page.locator("#activity")).to_contain_text(
+            "<script>window.__pwned=2", timeout=15_000
+        )
+        page.fill("#query", "quokka of Rottnest Island smiles at hikers")
+        page.click("#search")
+        expect(page.locator("#hits .hit").first).to_contain_text("Quokka field notes")
+        page.fill("#question", "What does the quokka of Rottnest Island do?")
+        page.click("#ask")
+        cite = page.locator("#citations .cite").first
+        expect(cite).to_contain_text("notes", timeout=90_000)
+        expect(cite).to_contain_text("<script>")
+        assert page.locator("#citations a").count() == 0  # the javascript: url is no link
+        cite.click()
+        hrefs = page.eval_on_selector_all("a[href]", "els => els.map(e => e.getAttribute('href'))")
+        assert not [h for h in hrefs if h.strip().lower().startswith("javascript:")]
+        assert page.locator("main img, main script, main iframe").count() == 0
+        assert page.evaluate("window.__pwned") is None
+        assert dialogs == []
+        page.screenshot(path=str(ARTIFACTS / "web-hostile-document.png"), full_page=True)
+
+        fresh = context.new_page()  # a new tab is a new session: the key was not remembered
+        fresh.goto(up.url + "/")
+        assert fresh.input_value("#apiKey") == ""
+        fresh.close()
+        page.check("#rememberKey")
+        page.click("#saveKey")
+        assert page.evaluate("localStorage.getItem('freshrag.apiKey')") == KEY
+        remembered = context.new_page()
+        remembered.goto(up.url + "/")
+        assert remembered.input_value("#apiKey") == KEY
+        assert remembered.is_checked("#rememberKey")
+        browser.close()
+
+
 def test_restart_keeps_index_and_indexes_what_was_produced_meanwhile(
     kafka_bootstrap: str, llm_base_url: str, make_topic: Any, tmp_path: Path
 ) -> None:

@@ -77,10 +77,7 @@ def test_addresses_point_at_services_and_their_ports(compose: dict[str, Any]) ->
     kafka_env = env_of(services["kafka"])
     assert f"PLAINTEXT://kafka:{port}" in kafka_env["KAFKA_ADVERTISED_LISTENERS"]
     qdrant = urlparse(env["QDRANT_URL"])
-    assert (
-        qdrant.hostname == "qdrant"
-        and f"{qdrant.port}:{qdrant.port}" in services["qdrant"]["ports"]
-    )
+    assert qdrant.hostname == "qdrant" and str(qdrant.port) in services["qdrant"]["expose"]
     llm = urlparse(default(env["FRESHRAG_OPENAI_BASE_URL"]))
     command = services["llm"]["command"]
     assert llm.hostname == "llm" and command[command.index("--port") + 1] == str(llm.port)
@@ -122,3 +119,33 @@ def test_dockerfile_runs_the_cli() -> None:
     assert "HF_HUB_OFFLINE=1" in text and "EXPOSE 8000 9464" in text
     for copied in ("pyproject.toml", "src"):
         assert re.search(rf"^COPY .*{copied}", text, re.M)
+
+
+def published_ports(service: dict[str, Any]) -> list[str]:
+    return [str(p) for p in service.get("ports") or []]
+
+
+def test_qdrant_and_kafka_are_not_published_and_qdrant_needs_a_key(
+    compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Neither has authentication on a published port: Qdrant requires an API key taken from
+    the environment (no default), and neither publishes a port outside the compose network."""
+    services = compose["services"]
+    for name in ("qdrant", "kafka", "llm"):
+        assert published_ports(services[name]) == [], f"{name} publishes a port"
+        assert "network_mode" not in services[name]
+    qdrant_key = env_of(services["qdrant"])["QDRANT__SERVICE__API_KEY"]
+    assert re.fullmatch(r"\$\{QDRANT_API_KEY:\?.+\}", qdrant_key), "required, no default"
+    for name in FRESHRAG_SERVICES:
+        env = env_of(services[name])
+        assert env["QDRANT_API_KEY"] == qdrant_key  # the same variable, so they always agree
+        monkeypatch.setenv("QDRANT_API_KEY", "s3cret-qdrant")
+        monkeypatch.setenv("QDRANT_URL", env["QDRANT_URL"])
+        s = load_settings()
+        assert s.qdrant_api_key is not None
+        assert s.qdrant_api_key.get_secret_value() == "s3cret-qdrant"
+        assert "s3cret-qdrant" not in str(s.safe_summary())
+    # what is published binds to loopback unless it is the API itself (which has keys)
+    for name, service in services.items():
+        for port in published_ports(service):
+            assert name == "serve" or port.startswith("127.0.0.1:"), f"{name}: {port}"

@@ -119,7 +119,10 @@ def test_half_written_versions_are_rewritten(held: list[ChunkLayout]) -> None:
 def test_a_version_less_upsert_is_rewritten_over_an_earlier_record_of_the_same_ms() -> None:
     late = replace(up("a", 5), origin=RecordOrigin("documents", 0, 7, 1000), explicit_version=False)
     indexer = DocumentIndexer(
-        FakeDense(), FakeSparse(), ChunkingConfig(), layouts=layouts_of({("t", "a"): complete(5, 1)})
+        FakeDense(),
+        FakeSparse(),
+        ChunkingConfig(),
+        layouts=layouts_of({("t", "a"): complete(5, 1)}),
     )
     result = indexer.process([late])
     assert not result.skipped and isinstance(result.writes[0], WriteUpsert)

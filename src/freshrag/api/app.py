@@ -6,14 +6,14 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from freshrag import __version__
+from freshrag.api import page
 from freshrag.api.errors import install_error_handlers
 from freshrag.api.limits import Limits
 from freshrag.api.routes import chat, documents, health, openai_compat, search
@@ -21,7 +21,6 @@ from freshrag.api.services import Services, build_services
 from freshrag.core.settings import Settings, load_settings
 
 log = logging.getLogger("freshrag.api")
-WEB_DIR = Path(__file__).parent / "web"
 BODY_SLACK = 64 * 1024
 
 
@@ -67,7 +66,7 @@ class _TooLarge(StarletteHTTPException):
     def __init__(self, max_bytes: int) -> None:
         super().__init__(
             413,
-            {
+            {  # type: ignore[arg-type]  # our handler renders a dict detail as the error body
                 "type": "payload_too_large",
                 "field": "body",
                 "message": f"request body is over the {max_bytes}-byte limit",
@@ -91,7 +90,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
             log.warning("no API keys configured (FRESHRAG_API_KEYS): every request gets 401")
         built = services or build_services(settings)
         app.state.services = built
-        app.state.limits = Limits(settings, built.watermarks)
+        app.state.limits = Limits(settings, getattr(built, "watermarks", None))
         try:
             yield
         finally:
@@ -124,15 +123,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
 
     install_error_handlers(app)  # our error shapes (OpenAI's on its routes) and their OpenAPI
 
-    for module in (search, chat, openai_compat, documents, health):
+    for module in (search, chat, openai_compat, documents, health, page):
         app.include_router(module.router)
-
-    @app.get("/", include_in_schema=False)
-    def index() -> Response:
-        page = WEB_DIR / "index.html"
-        if not page.exists():
-            return JSONResponse({"service": "freshrag", "docs": "/docs"})
-        return FileResponse(page, media_type="text/html")
 
     return app
 

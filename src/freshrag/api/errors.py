@@ -7,6 +7,7 @@ routes (`/v1/chat/completions`, `/v1/models`) answer OpenAI's shape,
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -40,7 +41,10 @@ def openai_error(status: int, error: dict[str, Any]) -> dict[str, Any]:
 
 
 def error_response(
-    request: Request, status: int, error: dict[str, Any], headers: dict[str, str] | None = None
+    request: Request,
+    status: int,
+    error: dict[str, Any],
+    headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
     if is_openai_path(request.url.path):
         error = openai_error(status, error)
@@ -115,11 +119,32 @@ _BY_PATH = {
         "503": "the LLM is unavailable",
     },
     "/v1/search": {"501": "no watermarks for consistency_token", "504": "consistency timeout"},
-    "/v1/documents": {"503": "Kafka unavailable or writes disabled"},
-    "/v1/documents/{doc_id}": {"404": "not indexed (or another tenant's)", "503": "Kafka"},
+    "/v1/documents": {
+        "409": "the first request with this Idempotency-Key is still in flight",
+        "503": "Kafka unavailable or writes disabled",
+    },
+    "/v1/documents/{doc_id}": {
+        "404": "not indexed (or another tenant's)",
+        "409": "the first request with this Idempotency-Key is still in flight",
+        "503": "Kafka unavailable or writes disabled",
+    },
     "/readyz": {"503": "store or Kafka not ready"},
 }
 _STREAMING = ("/v1/chat", "/v1/chat/completions")
+
+
+def _sse(path: str) -> dict[str, Any]:
+    """One server-sent event: /v1/chat names its events and sends JSON data; the OpenAI route
+    sends unnamed `chat.completion.chunk` JSON events, then `[DONE]`."""
+    if path == "/v1/chat":
+        event: dict[str, Any] = {"enum": ["sources", "token", "done", "error"]}
+    else:
+        event = {"enum": ["message"]}
+    return {
+        "type": "object",
+        "required": ["data"],
+        "properties": {"event": event, "data": {"type": "string"}},
+    }
 
 
 def openapi_with_errors(app: FastAPI) -> dict[str, Any]:
@@ -155,6 +180,6 @@ def openapi_with_errors(app: FastAPI) -> dict[str, Any]:
                 }
             if path in _STREAMING and method == "post":
                 ok = responses.setdefault("200", {"description": "answer"})
-                ok.setdefault("content", {})["text/event-stream"] = {"schema": {"type": "string"}}
+                ok.setdefault("content", {})["text/event-stream"] = {"schema": _sse(path)}
     app.openapi_schema = schema
     return schema

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,10 +68,16 @@ class DocumentProducer:
                 )
         except (KafkaException, BufferError) as exc:
             raise ProduceError(self.bootstrap, str(exc)) from exc
-        deadline = self.timeout_s + 1
-        while not done.is_set() and deadline > 0:
-            self._producer.poll(0.05)
-            deadline -= 0.05
+        # Bounded by the clock, not by loop passes: poll() returns early whenever it serves any
+        # callback (other requests' deliveries), so counting passes could give up long before
+        # the broker had a chance to acknowledge a write that then lands. librdkafka itself
+        # fails the message after message.timeout.ms, so its report arrives before this ends.
+        deadline = time.monotonic() + self.timeout_s + 1
+        while not done.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            self._producer.poll(min(0.05, remaining))
         if not done.is_set():
             raise ProduceError(self.bootstrap, "no acknowledgement before the timeout")
         if outcome["err"] is not None:

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from freshrag.api.auth import Caller
 from freshrag.api.schemas import Filters, HitOut, IndexInfo
 from freshrag.api.services import Services
 from freshrag.generate.prompt import Source
-from freshrag.retrieve.contract import SearchFilter
+from freshrag.retrieve.contract import Hit, SearchFilter, Store
 from freshrag.retrieve.search import SearchHit, SearchRequest
 
 
@@ -51,6 +52,36 @@ def index_info(services: Services, updated: list[datetime | None]) -> IndexInfo:
     return IndexInfo(watermark=watermark, freshest_document_age_s=age)
 
 
+MAX_RESCORE_POINTS = 500
+
+
+def dense_scores(
+    ranked: Sequence[Hit],
+    dense: Sequence[Hit],
+    flt: SearchFilter,
+    query_vector: Callable[[], Sequence[float]],
+    store: Store,
+) -> dict[str, float]:
+    """The dense cosine of every ranked hit, for the answerer's relevance threshold.
+
+    Hits from the dense candidates carry it. A hit that only BM25 found (outside the dense
+    prefetch) is scored by one dense query restricted to its documents, instead of counting
+    as 0 and being dropped by the threshold however well it matches the question's words.
+    """
+    cosine = {h.point_id: h.score for h in dense}
+    missing = [h for h in ranked if h.point_id not in cosine]
+    if not missing:
+        return cosine
+    chunks: dict[str, int] = {}
+    for h in missing:
+        chunks[h.doc_id] = max(1, int(h.payload.get("chunk_count") or 1))
+    limit = min(MAX_RESCORE_POINTS, sum(chunks.values()))
+    restricted = replace(flt, doc_ids=sorted(chunks))
+    for h in store.query_dense(query_vector(), restricted, limit):
+        cosine.setdefault(h.point_id, h.score)
+    return cosine
+
+
 @dataclass
 class Retrieved:
     sources: list[Source]
@@ -70,7 +101,9 @@ def retrieve_sources(
     )
     dense, sparse, _ = searcher.candidates(req)
     ranked = searcher.rank(req, dense, sparse)[:top_k]
-    cosine = {h.point_id: h.score for h in dense}
+    cosine = dense_scores(
+        ranked, dense, req.filter, lambda: searcher.embedder.embed_query(question), searcher.store
+    )
     sources = [Source.from_payload(h.payload, score=cosine.get(h.point_id, 0.0)) for h in ranked]
     hits = [SearchHit.from_hit(h) for h in ranked]
     elapsed = time.perf_counter() - started

@@ -5,9 +5,22 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+)
 
-from freshrag.ingest.validation import MAX_VERSION, check_metadata, check_unicode
+from freshrag.ingest.validation import (
+    MAX_METADATA_KEY_CHARS,
+    MAX_VERSION,
+    check_metadata,
+    check_unicode,
+    is_metadata_key,
+)
 
 MAX_TOP_K = 100
 MAX_FILTER_VALUES = 100
@@ -16,11 +29,26 @@ MAX_MESSAGES = 32
 MAX_MESSAGE_CHARS = 8_000
 
 MAX_FILTER_STRING = 1_000
+# Request bodies take JSON types as they are: `true` is not 1 and "5" is not 5 (a 422 names the
+# field; models set strict=True). Datetimes opt out per field: JSON carries ISO 8601 strings.
 
 MetaValue = str | int | float | bool
+
+
+def _metadata_key(key: str) -> str:
+    if not is_metadata_key(key):
+        raise ValueError("a metadata key is letters, digits, '_' or '-' (1-128 characters)")
+    return key
+
+
 # A metadata key a filter can name: it becomes a payload path (`metadata.<key>`), so only plain
 # names; quotes, brackets, dots and blanks would change or break the path.
-MetadataKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+# The same rule the flow applies to stored keys (`ingest.validation.is_metadata_key`).
+MetadataKey = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=MAX_METADATA_KEY_CHARS),
+    AfterValidator(_metadata_key),
+]
 # Filter values: bounded strings and 64-bit integers (what the index stores and compares).
 FilterInt = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
 FilterStr = Annotated[str, StringConstraints(max_length=MAX_FILTER_STRING)]
@@ -28,14 +56,21 @@ FilterValue = FilterStr | FilterInt | bool
 # metadata_any: one kind per list (the index matches a list of strings or of integers).
 AnyStrings = Annotated[list[FilterStr], Field(min_length=1, max_length=MAX_FILTER_VALUES)]
 AnyInts = Annotated[list[FilterInt], Field(min_length=1, max_length=MAX_FILTER_VALUES)]
-# A query or question must say something: at least one non-blank character.
-NOT_BLANK = r"\S"
+# A query or question must say something: one character that str.strip() keeps (Python also
+# counts \x1c-\x1f as blanks; JSON Schema's and pydantic's `\s` do not).
+NOT_BLANK = r"[^\s\x1c-\x1f]"
+
+
+def _not_blank(value: str | None) -> str | None:
+    if value is not None and not value.strip():
+        raise ValueError("must not be blank")
+    return value
 
 
 class Filters(BaseModel):
     """Optional narrowing; the tenant is never here: it comes from the API key."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     metadata: dict[MetadataKey, FilterValue] = Field(
         default_factory=dict,
@@ -46,15 +81,15 @@ class Filters(BaseModel):
     metadata_any: dict[MetadataKey, AnyStrings | AnyInts] = Field(
         default_factory=dict, max_length=20, json_schema_extra={"additionalProperties": False}
     )
-    updated_after: datetime | None = None
-    updated_before: datetime | None = None
+    updated_after: datetime | None = Field(None, strict=False)  # ISO 8601 strings
+    updated_before: datetime | None = Field(None, strict=False)
     doc_ids: list[Annotated[str, StringConstraints(min_length=1, max_length=512)]] | None = Field(
         None, max_length=MAX_FILTER_VALUES
     )
 
 
 class SearchBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     query: str = Field(min_length=1, max_length=MAX_QUERY_CHARS, pattern=NOT_BLANK)
     top_k: int = Field(10, ge=1, le=MAX_TOP_K)
@@ -65,6 +100,8 @@ class SearchBody(BaseModel):
     dedupe: bool = Field(False, description="one hit per document (its best chunk)")
     group: bool = Field(False, description="hits grouped per document")
     consistency_token: str | None = Field(None, max_length=2_000)
+
+    _query_not_blank = field_validator("query")(_not_blank)
 
 
 class HitOut(BaseModel):
@@ -95,14 +132,14 @@ class SearchOut(BaseModel):
 
 
 class Message(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     role: Literal["system", "user", "assistant", "tool", "developer"]
     content: str | None = Field(None, max_length=MAX_MESSAGE_CHARS)
 
 
 class ChatBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     question: str | None = Field(None, min_length=1, max_length=MAX_QUERY_CHARS, pattern=NOT_BLANK)
     messages: list[Message] | None = Field(None, max_length=MAX_MESSAGES)
@@ -111,6 +148,8 @@ class ChatBody(BaseModel):
     fresh: bool = False
     stream: bool = False
     consistency_token: str | None = Field(None, max_length=2_000)
+
+    _question_not_blank = field_validator("question")(_not_blank)
 
 
 class CitationOut(BaseModel):
@@ -144,7 +183,7 @@ class ChatOut(BaseModel):
 class OpenAIChatBody(BaseModel):
     """The subset of the OpenAI chat completions request that freshrag honours."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     model: str = Field(min_length=1, max_length=200)
     messages: list[Message] = Field(min_length=1, max_length=MAX_MESSAGES)
@@ -155,7 +194,7 @@ class OpenAIChatBody(BaseModel):
 
 
 class DocumentBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     id: str = Field(min_length=1, max_length=512)
     title: str = Field("", max_length=2_000)
@@ -164,7 +203,7 @@ class DocumentBody(BaseModel):
     source: str | None = Field("api", max_length=256)
     metadata: dict[str, MetaValue | list[MetaValue]] = Field(default_factory=dict, max_length=50)
     version: int | None = Field(None, ge=0, le=MAX_VERSION)
-    updated_at: datetime | None = None
+    updated_at: datetime | None = Field(None, strict=False)  # ISO 8601 strings
 
     # The flow's own parse-time checks (freshrag.ingest.validation), so the API answers 422 for
     # what the flow would otherwise dead-letter: NaN/huge numbers, bad keys, lone surrogates.

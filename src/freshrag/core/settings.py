@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -66,6 +66,10 @@ class Settings(BaseSettings):
         ge=1,
         le=4096,
         description="texts per model call within an ingest batch; a waiting query goes first",
+    )
+    query_model: Literal["separate", "shared"] = Field(
+        "separate",
+        description="freshrag up: queries get their own model instance, or share ingest's",
     )
     embed_max_wait_ms: int = Field(200, ge=0, le=60_000, description="bounds freshness")
     embed_device: str = Field("cpu")

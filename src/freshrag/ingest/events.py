@@ -7,12 +7,12 @@ and tombstones (null value = delete by key). See DESIGN.md "Change events".
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+from freshrag.core.tenants import DEFAULT_TENANT, is_valid_tenant
 from freshrag.ingest.validation import (
     InvalidValue,
     check_metadata,
@@ -20,8 +20,6 @@ from freshrag.ingest.validation import (
     loads_strict,
 )
 
-DEFAULT_TENANT = "default"
-TENANT_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 MAX_ID_LENGTH = 512
 MAX_TITLE_LENGTH = 2_000
 
@@ -325,7 +323,7 @@ def _tenant(value: Any) -> str:
         return DEFAULT_TENANT
     if not isinstance(value, str):
         raise EventError("WrongType", f"field 'tenant' must be a string, got {_kind(value)}")
-    if not TENANT_PATTERN.match(value):
+    if not is_valid_tenant(value):
         raise EventError("InvalidTenant", "field 'tenant' must match [A-Za-z0-9_.-]{1,64}")
     return value
 

@@ -18,6 +18,7 @@ from typing import Any, cast
 import bytewax.operators as op
 from bytewax.connectors.kafka import KafkaError, KafkaSink, KafkaSinkMessage, KafkaSourceMessage
 from bytewax.dataflow import Dataflow, Stream
+from bytewax.operators import StatefulLogic
 
 from freshrag.core.settings import Settings
 from freshrag.ingest.events import (
@@ -139,20 +140,26 @@ def build_flow(parts: FlowParts, flow_id: str = "freshrag-ingest") -> Dataflow:
         final(event.origin)
 
     def build_gate(resume: dict[str, Applied] | None) -> VersionGateLogic:
-        return VersionGateLogic(resume, retention_ms, on_stale)
+        metrics.gate_documents.inc()  # a key enters the state; DISCARD takes it out
+        return VersionGateLogic(resume, retention_ms, on_stale, metrics.gate_documents.dec)
 
     gated = op.flat_map_value(
-        "version_gate_emit", op.stateful("version_gate", keyed, build_gate), lambda out: out
+        "version_gate_emit", op.stateful("source_key_gate", keyed, build_gate), lambda out: out
     )
     rebucketed = op.key_on(
         "by_bucket", cast(Stream[ChangeEvent], op.key_rm("unkey", gated)), _bucket
     )
-    batches = op.collect(
-        "embed_batch",
-        rebucketed,
-        timeout=timedelta(milliseconds=s.embed_max_wait_ms),
-        max_size=s.embed_batch_size,
-    )
+    max_wait = timedelta(milliseconds=s.embed_max_wait_ms)
+
+    def restored(events: list[ChangeEvent]) -> None:
+        """Records buffered at a crash come back from the snapshot, not from Kafka: they hold
+        the watermark until written, so a consistency token never passes them early."""
+        tracker.restore((e.origin.partition, e.origin.offset) for e in events)
+
+    def build_batcher(resume: BufferState | None) -> BatchBufferLogic:
+        return BatchBufferLogic(resume, max_wait, s.embed_batch_size, restored)
+
+    batches = op.stateful("embed_batch_buffer", rebucketed, build_batcher)
 
     def process(keyed_batch: tuple[str, list[ChangeEvent]]) -> list[DeadLetter]:
         """Chunk, embed and write one batch; returns what must go to the DLQ."""
@@ -172,11 +179,18 @@ def build_flow(parts: FlowParts, flow_id: str = "freshrag-ingest") -> Dataflow:
             writes.append(replace(w, completes=tuple(done_with)) if done_with else w)
         outcome = writer.apply(writes)  # raises only when the store stays unavailable
         now = time.time()
+        counted: set[tuple[int, int]] = set()
         for w in outcome.applied:
-            metrics.events.labels(_op(w.event), "applied").inc()
-            metrics.freshness_lag.observe(max(0.0, now - w.event.origin.timestamp_ms / 1000))
+            origin = w.event.origin
             if isinstance(w, WriteUpsert):
                 metrics.chunks_written.inc(len(w.points))
+                if not w.points:
+                    continue  # cleanup only: counted as skipped_indexed
+            if (origin.partition, origin.offset) in counted:
+                continue  # one record resolved to several tenants counts once
+            counted.add((origin.partition, origin.offset))
+            metrics.events.labels(_op(w.event), "applied").inc()
+            metrics.freshness_lag.observe(max(0.0, now - origin.timestamp_ms / 1000))
         if outcome.applied:
             written(outcome.applied)
         # skipped and superseded records are final now; dead letters once counted below
@@ -218,10 +232,18 @@ class VersionGateLogic(op.StatefulLogic[ChangeEvent, list[ChangeEvent], dict[str
         state: dict[str, Applied] | None,
         retention_ms: int,
         on_stale: Callable[[ChangeEvent], None],
+        on_discard: Callable[[], None],
     ) -> None:
         self.state = state
         self.retention_ms = retention_ms
         self.on_stale = on_stale
+        self.on_discard = on_discard
+
+    def _keep(self) -> bool:
+        if self.state is None:
+            self.on_discard()
+            return StatefulLogic.DISCARD
+        return StatefulLogic.RETAIN
 
     def on_item(self, value: ChangeEvent) -> tuple[list[list[ChangeEvent]], bool]:
         now = _now_ms()
@@ -229,14 +251,14 @@ class VersionGateLogic(op.StatefulLogic[ChangeEvent, list[ChangeEvent], dict[str
         self.state = state
         if not out:
             self.on_stale(value)
-        return ([out] if out else []), self.state is None
+        return ([out] if out else []), self._keep()
 
     def on_notify(self) -> tuple[list[list[ChangeEvent]], bool]:
         self.state = prune(self.state, _now_ms(), self.retention_ms)
-        return [], self.state is None
+        return [], self._keep()
 
     def on_eof(self) -> tuple[list[list[ChangeEvent]], bool]:
-        return [], self.state is None
+        return [], self._keep()
 
     def notify_at(self) -> datetime | None:
         due = next_expiry_ms(self.state, self.retention_ms)
@@ -244,6 +266,53 @@ class VersionGateLogic(op.StatefulLogic[ChangeEvent, list[ChangeEvent], dict[str
 
     def snapshot(self) -> dict[str, Applied]:
         return dict(self.state or {})
+
+
+BufferState = tuple[list[ChangeEvent], float | None]  # (events, flush deadline, epoch seconds)
+
+
+class BatchBufferLogic(op.StatefulLogic[ChangeEvent, list[ChangeEvent], BufferState]):
+    """`op.collect` with a restore hook: a batch is emitted at `max_size` events or `max_wait`
+    after its first one; its events are snapshotted with the offsets they came from."""
+
+    def __init__(
+        self,
+        resume: BufferState | None,
+        max_wait: timedelta,
+        max_size: int,
+        on_restore: Callable[[list[ChangeEvent]], None],
+    ) -> None:
+        self.events, self.deadline = resume if resume is not None else ([], None)
+        self.max_wait = max_wait
+        self.max_size = max_size
+        if self.events:
+            on_restore(self.events)
+
+    def _flush(self) -> tuple[list[list[ChangeEvent]], bool]:
+        batch, self.events, self.deadline = self.events, [], None
+        return ([batch] if batch else []), StatefulLogic.DISCARD
+
+    def on_item(self, value: ChangeEvent) -> tuple[list[list[ChangeEvent]], bool]:
+        if not self.events:
+            self.deadline = time.time() + self.max_wait.total_seconds()
+        self.events.append(value)
+        if len(self.events) >= self.max_size:
+            return self._flush()
+        return [], StatefulLogic.RETAIN
+
+    def on_notify(self) -> tuple[list[list[ChangeEvent]], bool]:
+        return self._flush()
+
+    def on_eof(self) -> tuple[list[list[ChangeEvent]], bool]:
+        return self._flush()
+
+    def notify_at(self) -> datetime | None:
+        if self.deadline is None:
+            return None
+        return datetime.fromtimestamp(self.deadline, tz=UTC)
+
+    def snapshot(self) -> BufferState:
+        return (list(self.events), self.deadline)
 
 
 def _now_ms() -> int:

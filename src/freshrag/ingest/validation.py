@@ -72,6 +72,11 @@ def _parse_int(text: str) -> int:
     return int(text)
 
 
+_DECODER = json.JSONDecoder(
+    parse_constant=_reject_constant, parse_float=_parse_float, parse_int=_parse_int
+)
+
+
 def loads_strict(text: str) -> Any:
     """`json.loads` that refuses what the index cannot store.
 
@@ -80,15 +85,10 @@ def loads_strict(text: str) -> Any:
     holding lone surrogates.
     """
     try:
-        value = json.loads(
-            text,
-            parse_constant=_reject_constant,
-            parse_float=_parse_float,
-            parse_int=_parse_int,
-        )
+        value = _DECODER.decode(text)
     except RecursionError:
         raise InvalidValue("TooDeep", "JSON is nested too deeply to parse") from None
-    if _SURROGATE_ESCAPE.search(text):
+    if ("\\ud" in text or "\\uD" in text) and _SURROGATE_ESCAPE.search(text):
         check_unicode_tree(value)
     return value
 
@@ -215,6 +215,17 @@ def check_metadata_value(value: Any, name: str) -> None:
     _check_scalar(value, name)
 
 
+def _size_bound(metadata: Mapping[str, Any]) -> int:
+    """An upper bound of the metadata's JSON size (6 bytes per character: a \\uXXXX escape),
+    cheap enough to skip the exact count for the usual small metadata."""
+    total = 2
+    for key, value in metadata.items():
+        total += 6 * len(key) + 8 + (4 if isinstance(value, list) else 0)
+        for item in value if isinstance(value, list) else [value]:
+            total += 6 * len(item) + 6 if isinstance(item, str) else 30
+    return total
+
+
 def check_metadata(value: Any) -> dict[str, Any]:
     """A copy of `value` if it is storable metadata (see the module doc), else `InvalidValue`."""
     if value is None:
@@ -236,6 +247,8 @@ def check_metadata(value: Any) -> dict[str, Any]:
             )
         check_metadata_value(item, f"metadata '{key}'")
     out = dict(value)
+    if _size_bound(out) <= MAX_METADATA_BYTES:
+        return out
     size = len(json.dumps(out, ensure_ascii=False, allow_nan=False).encode())
     if size > MAX_METADATA_BYTES:
         raise InvalidValue(

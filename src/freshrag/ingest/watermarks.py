@@ -27,6 +27,12 @@ class WatermarkTracker:
             self._pending.setdefault(partition, set()).update(offsets)
             self._next[partition] = max(next_offset, self._next.get(partition, 0))
 
+    def restore(self, items: Iterable[tuple[int, int]]) -> None:
+        """Records restored from a recovery snapshot (not read again): in flight until done."""
+        with self._lock:
+            for partition, offset in items:
+                self._pending.setdefault(partition, set()).add(offset)
+
     def done(self, partition: int, offset: int) -> None:
         with self._lock:
             self._pending.get(partition, set()).discard(offset)

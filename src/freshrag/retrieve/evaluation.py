@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from freshrag.ingest.events import RecordOrigin, Upsert
+from freshrag.ingest.index_writer import apply_writes
 from freshrag.ingest.indexing import (
     ChunkingConfig,
     DenseEmbedder,
@@ -28,7 +29,6 @@ from freshrag.ingest.indexing import (
     SparseEmbedder,
     WriteUpsert,
 )
-from freshrag.ingest.index_writer import apply_writes
 from freshrag.retrieve.contract import SearchFilter, Store
 from freshrag.retrieve.search import HybridSearcher, SearchMode, SearchRequest
 

@@ -215,7 +215,7 @@ async def chat(body: ChatBody, caller: CallerDep, services: ServicesDep, limits:
             services.metrics.llm_errors.inc()
             yield sse(
                 "error",
-                {"type": "upstream_unavailable", "upstream": exc.upstream, "message": exc.reason},
+                {"type": llm_error_status(exc)[1], "upstream": exc.upstream, "message": exc.reason},
             )
         finally:
             slot.release(events.close)  # after the running read: closes the upstream stream

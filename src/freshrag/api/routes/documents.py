@@ -2,18 +2,77 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import threading
 from dataclasses import asdict
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
 
+from freshrag.api.auth import Caller
 from freshrag.api.deps import CallerDep, ServicesDep
+from freshrag.api.idempotency import IdempotencyCache, IdempotencyConflict, IdempotencyInFlight
 from freshrag.api.producer import Produced, ProduceError
 from freshrag.api.schemas import DocumentBody, DocumentStatusOut, WriteOut
 from freshrag.api.services import Services
 
 router = APIRouter(prefix="/v1/documents", tags=["documents"])
+
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        pattern=r"^[\x21-\x7e]+$",
+        description="a retry with the same key (same tenant, same request) returns the first "
+        "result without producing a second event; kept 1 h in this API process",
+    ),
+]
+_CACHE_LOCK = threading.Lock()
+
+
+def _idempotency(request: Request) -> IdempotencyCache[Produced]:
+    state = request.app.state
+    with _CACHE_LOCK:
+        cache: IdempotencyCache[Produced] | None = getattr(state, "idempotency", None)
+        if cache is None:
+            cache = state.idempotency = IdempotencyCache()
+    return cache
+
+
+def _write(
+    request: Request,
+    response: Response,
+    services: Services,
+    caller: Caller,
+    key: str | None,
+    event: dict[str, Any],
+) -> Produced:
+    """Produce the event, or with an Idempotency-Key return the result of its first use."""
+    if key is None:
+        return _send(services, event)
+    fingerprint = hashlib.sha256(
+        json.dumps(event, sort_keys=True, default=str).encode()
+    ).hexdigest()
+    wait_s = getattr(services.producer, "timeout_s", 10.0) + 2
+    try:
+        produced, replayed = _idempotency(request).run(
+            caller.tenant, key, fingerprint, lambda: _send(services, event), wait_s
+        )
+    except IdempotencyConflict as exc:
+        raise HTTPException(
+            422, {"type": "idempotency_conflict", "field": "Idempotency-Key", "message": str(exc)}
+        ) from None
+    except IdempotencyInFlight as exc:
+        raise HTTPException(
+            409, {"type": "idempotency_in_flight", "field": "Idempotency-Key", "message": str(exc)}
+        ) from None
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return produced
 
 
 def _send(services: Services, event: dict[str, Any]) -> Produced:
@@ -48,8 +107,18 @@ def _out(doc_id: str, op: str, p: Produced) -> WriteOut:
 
 
 @router.post("", status_code=202, response_model=WriteOut)
-def upsert_document(body: DocumentBody, caller: CallerDep, services: ServicesDep) -> WriteOut:
-    """Queue an upsert; poll GET /v1/documents/{id} or pass the token to a search to wait."""
+def upsert_document(
+    body: DocumentBody,
+    caller: CallerDep,
+    services: ServicesDep,
+    request: Request,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
+) -> WriteOut:
+    """Queue an upsert; poll GET /v1/documents/{id} or pass the token to a search to wait.
+
+    With an `Idempotency-Key` header a retry returns the first result (same partition,
+    offset and token, header `Idempotent-Replayed: true`) and produces nothing."""
     limit = services.settings.max_document_bytes
     size = len(body.text.encode())
     if size > limit:
@@ -87,7 +156,8 @@ def upsert_document(body: DocumentBody, caller: CallerDep, services: ServicesDep
                 f"{limit}-byte document limit",
             },
         )
-    return _out(body.id, "upsert", _send(services, event))
+    produced = _write(request, response, services, caller, idempotency_key, event)
+    return _out(body.id, "upsert", produced)
 
 
 @router.get("", response_model=list[dict[str, Any]])
@@ -105,12 +175,16 @@ def delete_document(
     doc_id: str,
     caller: CallerDep,
     services: ServicesDep,
+    request: Request,
+    response: Response,
     version: int | None = Query(None, ge=0, description="defaults to the Kafka record time"),
+    idempotency_key: IdempotencyKey = None,
 ) -> WriteOut:
     event: dict[str, Any] = {"op": "delete", "id": doc_id, "tenant": caller.tenant}
     if version is not None:
         event["version"] = version
-    return _out(doc_id, "delete", _send(services, event))
+    produced = _write(request, response, services, caller, idempotency_key, event)
+    return _out(doc_id, "delete", produced)
 
 
 @router.get("/{doc_id:path}", response_model=DocumentStatusOut)

@@ -22,6 +22,7 @@ from freshrag.api.retrieval import retrieve_sources
 from freshrag.api.routes.chat import (
     citation_out,
     first_event,
+    llm_error_status,
     source_out,
     split_messages,
     upstream_error,
@@ -144,7 +145,11 @@ async def chat_completions(
                     )
                 event = await slot.call(next, events, None)  # LLM reads off the pool
         except LLMError as exc:
-            err = {"message": exc.reason, "type": "upstream_unavailable", "upstream": exc.upstream}
+            err = {
+                "message": exc.reason,
+                "type": llm_error_status(exc)[1],
+                "upstream": exc.upstream,
+            }
             yield f"data: {json.dumps({'error': err})}\n\n"
         finally:
             slot.release(events.close)
