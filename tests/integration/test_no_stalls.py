@@ -299,6 +299,89 @@ def test_chat_limits_per_tenant_and_in_total_answer_429_with_retry_after(
         services.close()
 
 
+class HangingStream:
+    """An OpenAI endpoint that starts a streamed answer (one token), then hangs; it records
+    when the client closes the connection."""
+
+    CHUNK = (
+        'data: {"id": "c1", "object": "chat.completion.chunk", "created": 0, "model": "m", '
+        '"choices": [{"index": 0, "delta": {"content": "Blazar"}, "finish_reason": null}]}\n\n'
+    )
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/v1"
+        self.client_closed = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        conn, _ = self.sock.accept()
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += conn.recv(65536)
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = int(
+            next(
+                line.split(b":")[1]
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length")
+            )
+        )
+        while len(body) < length:
+            body += conn.recv(65536)
+        conn.sendall(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n"
+            + self.CHUNK.encode()
+        )
+        while conn.recv(65536):  # hang: no more tokens; returns b"" once the client closes
+            pass
+        self.client_closed.set()
+        conn.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_a_client_leaving_a_stream_frees_its_slot_and_closes_the_upstream_stream(
+    store: EdgeStore, embedder: Any
+) -> None:
+    llm = HangingStream()
+    settings = settings_for(
+        openai_base_url=llm.url,
+        llm_timeout_s=3,  # the hung read ends here; only then is the slot's thread free
+        max_concurrent_chat=1,
+        max_concurrent_chat_per_tenant=1,
+    )
+    services = build_services(settings, store=store, embedder=embedder, with_producer=False)
+    app = create_app(settings, services)
+
+    async def scenario() -> None:
+        async with client(server) as http:
+            async with http.stream(
+                "POST",
+                "/v1/chat",
+                headers=ACME,
+                json={"question": "What do blazar jets show?", "stream": True},
+            ) as r:
+                assert r.status_code == 200
+                async for line in r.aiter_lines():
+                    if line.startswith("event: token"):
+                        break  # leave mid-answer: the response is closed
+            await until(lambda: app.state.limits.chat.in_use == 0, "the slot back", [], 60)
+            assert llm.client_closed.is_set()  # the upstream stream was closed by us
+            r2 = await http.post("/v1/chat", headers=ACME, json={"question": "blazar?"})
+            assert r2.status_code == 503, r2.text  # admitted again, no 429 (then times out)
+
+    try:
+        with ApiServer(app, free_port()) as server:
+            asyncio.run(scenario())
+    finally:
+        llm.close()
+        services.close()
+
+
 def test_search_during_a_large_ingest_batch_goes_before_the_batch_ends(
     store: EdgeStore, embedder: Any
 ) -> None:

@@ -166,10 +166,10 @@ def test_web_page_add_document_and_get_cited_answer(up: UpProcess) -> None:
 
 
 HOSTILE = {
-    "id": "hostile-quokka",
-    "title": '<img src=x onerror="window.__pwned=1">Quokka <script>window.__pwned=2</script>notes',
+    "id": "hostile-beacon",
+    "title": '<img src=x onerror="window.__pwned=1">Vexlor <script>window.__pwned=2</script>notes',
     "text": (
-        "Quokka field notes: the quokka of Rottnest Island smiles at hikers and eats leaves. "
+        "Vexlor-7 beacon field notes: the Vexlor-7 beacon blinks green every 19 seconds. "
         '<script>window.__pwned=3</script><img src=x onerror="window.__pwned=4"> '
         '<a href="javascript:window.__pwned=5">click</a>'
     ),
@@ -188,7 +188,7 @@ def test_web_page_renders_a_hostile_document_inert(up: UpProcess) -> None:
     r = http.post(
         "/v1/search",
         json={
-            "query": "quokka Rottnest Island",
+            "query": "Vexlor-7 beacon blinks green",
             "top_k": 1,
             "consistency_token": w.json()["consistency_token"],
         },
@@ -219,10 +219,10 @@ def test_web_page_renders_a_hostile_document_inert(up: UpProcess) -> None:
         expect(page.locator("#activity")).to_contain_text(
             "<script>window.__pwned=2", timeout=15_000
         )
-        page.fill("#query", "quokka of Rottnest Island smiles at hikers")
+        page.fill("#query", "Vexlor-7 beacon blinks green")
         page.click("#search")
-        expect(page.locator("#hits .hit").first).to_contain_text("Quokka field notes")
-        page.fill("#question", "What does the quokka of Rottnest Island do?")
+        expect(page.locator("#hits .hit").first).to_contain_text("Vexlor-7 beacon field notes")
+        page.fill("#question", "How often does the Vexlor-7 beacon blink green?")
         page.click("#ask")
         cite = page.locator("#citations .cite").first
         expect(cite).to_contain_text("notes", timeout=90_000)

@@ -183,3 +183,26 @@ def test_oversized_document_is_rejected_before_parsing() -> None:
 def test_tombstone_without_key_is_dead_letter() -> None:
     dead = parse_record(RawRecord(None, None, ORIGIN))
     assert isinstance(dead, DeadLetter) and dead.error_class == "MissingKey"
+
+
+def test_debezium_automatic_metadata_drops_unstorable_columns_not_the_row() -> None:
+    row = {
+        "id": 1,
+        "text": "The row's text.",
+        "lang": "en",
+        "notes": "x" * 5_000,  # longer than a metadata string may be
+        "Order Date": "2026-11-29",  # a column name that is no filter path
+        **{f"c{i}": i for i in range(100)},  # more columns than metadata keys
+    }
+    event = parse_record(rec({"op": "c", "before": None, "after": row}))
+    assert isinstance(event, Upsert)
+    assert event.metadata["lang"] == "en"
+    assert "notes" not in event.metadata and "Order Date" not in event.metadata
+    assert len(event.metadata) == 64
+
+
+def test_an_absurd_record_timestamp_is_no_version() -> None:
+    far = RecordOrigin("documents", 0, 0, 2**60)
+    record = RawRecord(b"k", json.dumps({"op": "upsert", "id": "k", "text": "t"}).encode(), far)
+    dead = parse_record(record)
+    assert isinstance(dead, DeadLetter) and dead.error_class == "NumberOutOfRange"

@@ -129,14 +129,33 @@ def test_a_version_less_upsert_is_rewritten_over_an_earlier_record_of_the_same_m
     assert result.writes[0].points[0].offset == 7
 
 
-def test_a_delete_of_unknown_tenant_goes_to_every_tenant_holding_the_document() -> None:
-    held = {("acme", "42"): complete(1, 1), ("globex", "42"): complete(2, 1)}
+def test_a_delete_of_unknown_tenant_with_no_flow_state_goes_to_the_named_tenant() -> None:
+    """Never to every tenant that happens to hold the id (another tenant's native document)."""
+    held = {("acme", "42"): complete(1, 1), ("default", "42"): complete(2, 1)}
     indexer = DocumentIndexer(FakeDense(), FakeSparse(), ChunkingConfig(), layouts=layouts_of(held))
     unknown = Delete("default", "42", None, ORIGIN, tenant_known=False, row_identity=True)
-    nobody = Delete("default", "nobody", None, ORIGIN, tenant_known=False, row_identity=True)
-    result = indexer.process([unknown, nobody])
-    assert [(w.event.tenant, w.event.doc_id) for w in result.writes] == [
-        ("acme", "42"),
-        ("globex", "42"),
-    ]
-    assert [e.doc_id for e in result.skipped] == ["nobody"]
+    result = indexer.process([unknown])
+    assert [(w.event.tenant, w.event.doc_id) for w in result.writes] == [("default", "42")]
+
+
+def at(event: Upsert, offset: int) -> Upsert:
+    return replace(event, origin=RecordOrigin("documents", 0, offset, 1000))
+
+
+def test_a_re_create_at_the_same_version_after_a_delete_in_one_batch_is_written() -> None:
+    """v3 indexed; a version-less delete and a new v3 arrive together: the new text wins."""
+    held = {("t", "a"): complete(3, 1, offset=0)}
+    indexer = DocumentIndexer(FakeDense(), FakeSparse(), ChunkingConfig(), layouts=layouts_of(held))
+    gone = Delete("t", "a", None, RecordOrigin("documents", 0, 1, 1000))
+    result = indexer.process([gone, at(up("a", 3, "the new text"), 2)])
+    assert [type(w).__name__ for w in result.writes] == ["WriteDelete", "WriteUpsert"]
+    upsert = result.writes[1]
+    assert isinstance(upsert, WriteUpsert) and upsert.points[0].text.endswith("the new text")
+
+
+def test_a_delete_survives_when_the_upsert_replacing_it_in_the_batch_is_dead_lettered() -> None:
+    indexer = DocumentIndexer(FakeDense(fail_on="poison"), FakeSparse(), ChunkingConfig())
+    gone = Delete("t", "a", 2, RecordOrigin("documents", 0, 1, 1000))
+    result = indexer.process([gone, at(up("a", 3, "poison pill"), 2)])
+    assert [type(w).__name__ for w in result.writes] == ["WriteDelete"]
+    assert [d.step for d in result.dead_letters] == ["embed"]

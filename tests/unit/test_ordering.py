@@ -94,6 +94,15 @@ def test_a_row_that_moves_tenant_is_deleted_from_the_old_one() -> None:
     assert state is not None and state["acme"].deleted and not state["globex"].deleted
 
 
+def test_an_older_image_of_a_moved_row_does_not_move_it_back() -> None:
+    """B v3 -> A v5 arriving as A v5, then B v3: B v3 is stale, A keeps the row."""
+    state, applied = run(
+        [up(5, 2, tenant="acme", row_identity=True), up(3, 1, tenant="bravo", row_identity=True)]
+    )
+    assert [(e.tenant, type(e).__name__) for e in applied] == [("acme", "Upsert")]
+    assert state is not None and set(state) == {"acme"}
+
+
 def test_native_documents_of_two_tenants_with_one_id_are_independent() -> None:
     state, applied = run([up(1, 1, tenant="acme"), up(1, 2, tenant="globex")])
     assert [(e.tenant, type(e).__name__) for e in applied] == [

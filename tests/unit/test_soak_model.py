@@ -50,14 +50,18 @@ def test_versionless_delete_does_not_raise_the_bar() -> None:
 def test_same_version_delete_later_in_the_log_wins() -> None:
     assert state(log(up(5), delete(5))) == {}
     assert state(log(delete(6), up(5))) == {}  # an older upsert after the delete is stale
-    # positions are (version, offset): the same version later in the log is applied
-    assert state(log(delete(5), up(5))) == {("default", "d1"): (5, "t")}
+    # equal explicit versions: anything but a delete of a live document is a replay
+    assert state(log(delete(5), up(5))) == {}
+    assert state(log(up(7), delete(7), up(7))) == {}
+    assert state(log(up(5, "a"), up(5, "b"))) == {("default", "d1"): (5, "a")}
     assert state(log(up(5), delete(4))) == {("default", "d1"): (5, "t")}
 
 
 def test_versionless_upserts_order_by_timestamp_then_offset() -> None:
     same_ms = log(up(None, "first"), up(None, "second"), ts=[TS, TS])
     assert state(same_ms) == {("default", "d1"): (TS, "second")}
+    # a version-less delete takes the last version; an equal explicit version after it wins
+    assert state(log(up(9, "a"), delete(), up(9, "b"))) == {("default", "d1"): (9, "b")}
     # an explicit small version after a timestamp-versioned one is stale
     assert state(log(up(None, "ts"), up(7, "seven"))) == {("default", "d1"): (TS, "ts")}
 
@@ -77,8 +81,9 @@ def test_tenants_and_bad_records() -> None:
     )
     assert state(records) == {("acme", "d1"): (1, "a")}
     assert dead_letter_positions(records) == {(0, 1), (0, 2), (0, 3)}
-    # a bare-key tombstone reaches the tenant the document lives in
-    assert state([*records, LogRecord(0, 9, TS, b"d1", None)]) == {}
+    # a bare-key tombstone of a native document names the default tenant
+    assert state([*records, LogRecord(0, 9, TS, b"d1", None)]) == {("acme", "d1"): (1, "a")}
+    assert state(log(up(2, "x"), None)) == {}
 
 
 def test_report_counts_each_kind_of_divergence() -> None:

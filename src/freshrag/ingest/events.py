@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 from freshrag.core.tenants import DEFAULT_TENANT, is_valid_tenant
 from freshrag.ingest.validation import (
+    MAX_METADATA_KEYS,
     InvalidValue,
     check_metadata,
     check_version,
@@ -253,7 +254,11 @@ def _from_debezium(env: dict[str, Any], record: RawRecord, m: DebeziumMapping) -
     used = {m.id_field, m.text_field, m.title_field, m.url_field, m.updated_at_field}
     used |= {m.tenant_field, m.version_field}
     if m.metadata_fields is None:
-        meta_src = {k: v for k, v in row.items() if k not in used and v is not None}
+        # every other column, as far as it is storable: a long text column or an odd column
+        # name must not send the whole row to the DLQ (named metadata_fields stay strict)
+        meta_src = _storable_columns(
+            {k: v for k, v in row.items() if k not in used and v is not None}
+        )
     else:
         meta_src = {k: row[k] for k in m.metadata_fields if row.get(k) is not None}
     return Upsert(
@@ -329,8 +334,10 @@ def _tenant(value: Any) -> str:
 
 
 def _version(value: Any, record: RawRecord) -> int:
-    if value is None:
-        return record.origin.timestamp_ms
+    if value is None:  # the record timestamp; a producer's absurd CreateTime is refused too
+        return _checked(
+            lambda ts: check_version(ts, "the record timestamp"), record.origin.timestamp_ms
+        )
     if isinstance(value, bool) or not isinstance(value, int):
         raise EventError("WrongType", f"field 'version' must be an integer, got {_kind(value)}")
     if value < 0:
@@ -390,6 +397,22 @@ def _scalar(value: Any) -> bool:
     if isinstance(value, str | int | float | bool):
         return True
     return isinstance(value, list) and all(isinstance(v, str | int | float | bool) for v in value)
+
+
+def _storable_columns(columns: dict[str, Any]) -> dict[str, Any]:
+    """The columns that are storable metadata, the first MAX_METADATA_KEYS of them."""
+    kept: dict[str, Any] = {}
+    for key, value in columns.items():
+        if len(kept) >= MAX_METADATA_KEYS:
+            break
+        if not _scalar(value):
+            continue
+        try:
+            check_metadata({**kept, key: value})
+        except InvalidValue:
+            continue
+        kept[key] = value
+    return kept
 
 
 def _metadata(value: Any) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
@@ -102,7 +102,6 @@ def build_flow(parts: FlowParts, flow_id: str = "freshrag-ingest") -> Dataflow:
         tracker.done_many((o.partition, o.offset) for o in origins)
 
     def written(writes: list[IndexWrite]) -> None:
-        final(*(o for w in writes for o in (w.event.origin, *w.completes)))
         if parts.listener is not None:
             parts.listener(writes)
 
@@ -143,62 +142,63 @@ def build_flow(parts: FlowParts, flow_id: str = "freshrag-ingest") -> Dataflow:
         metrics.gate_documents.inc()  # a key enters the state; DISCARD takes it out
         return VersionGateLogic(resume, retention_ms, on_stale, metrics.gate_documents.dec)
 
-    gated = op.flat_map_value(
-        "version_gate_emit", op.stateful("source_key_gate", keyed, build_gate), lambda out: out
-    )
+    # one item per record: a record that becomes several events (a tenant move) stays whole,
+    # so it is batched, counted and finalised once
+    gated = op.stateful("source_key_gate", keyed, build_gate)
     rebucketed = op.key_on(
-        "by_bucket", cast(Stream[ChangeEvent], op.key_rm("unkey", gated)), _bucket
+        "by_bucket", cast(Stream[Record], op.key_rm("unkey", gated)), lambda r: _bucket(r[0])
     )
     max_wait = timedelta(milliseconds=s.embed_max_wait_ms)
 
-    def restored(events: list[ChangeEvent]) -> None:
+    def restored(records: list[Record]) -> None:
         """Records buffered at a crash come back from the snapshot, not from Kafka: they hold
         the watermark until written, so a consistency token never passes them early."""
-        tracker.restore((e.origin.partition, e.origin.offset) for e in events)
+        tracker.restore((e.origin.partition, e.origin.offset) for r in records for e in r)
 
     def build_batcher(resume: BufferState | None) -> BatchBufferLogic:
         return BatchBufferLogic(resume, max_wait, s.embed_batch_size, restored)
 
     batches = op.stateful("embed_batch_buffer", rebucketed, build_batcher)
 
-    def process(keyed_batch: tuple[str, list[ChangeEvent]]) -> list[DeadLetter]:
-        """Chunk, embed and write one batch; returns what must go to the DLQ."""
-        result = indexer.process(keyed_batch[1])
+    def process(keyed_batch: tuple[str, list[Record]]) -> list[DeadLetter]:
+        """Chunk, embed and write one batch; returns what must go to the DLQ. Each record gets
+        one outcome (dead_letter > applied > skipped_indexed > superseded) and is final here."""
+        records = keyed_batch[1]
+        result = indexer.process([e for record in records for e in record])
         if result.chunks_embedded:
             metrics.embed_batch_size.observe(result.chunks_embedded)
             metrics.embed_latency.observe(result.embed_seconds)
-        superseded: dict[str, list[RecordOrigin]] = {}
-        for e in result.skipped:
-            metrics.events.labels(_op(e), "skipped_indexed").inc()
-        for e in result.superseded:
-            metrics.events.labels(_op(e), "superseded").inc()
-            superseded.setdefault(e.doc_key, []).append(e.origin)
-        writes: list[IndexWrite] = []
-        for w in result.writes:
-            done_with = superseded.pop(w.event.doc_key, [])
-            writes.append(replace(w, completes=tuple(done_with)) if done_with else w)
-        outcome = writer.apply(writes)  # raises only when the store stays unavailable
-        now = time.time()
-        counted: set[tuple[int, int]] = set()
-        for w in outcome.applied:
-            origin = w.event.origin
-            if isinstance(w, WriteUpsert):
-                metrics.chunks_written.inc(len(w.points))
-                if not w.points:
-                    continue  # cleanup only: counted as skipped_indexed
-            if (origin.partition, origin.offset) in counted:
-                continue  # one record resolved to several tenants counts once
-            counted.add((origin.partition, origin.offset))
-            metrics.events.labels(_op(w.event), "applied").inc()
-            metrics.freshness_lag.observe(max(0.0, now - origin.timestamp_ms / 1000))
+        outcome = writer.apply(result.writes)  # raises only when the store stays unavailable
         if outcome.applied:
             written(outcome.applied)
-        # skipped and superseded records are final now; dead letters once counted below
-        final(*(e.origin for e in result.skipped))
-        final(*(o for origins in superseded.values() for o in origins))
-        applied = {id(w) for w in outcome.applied}
-        final(*(o for w in writes if id(w) not in applied for o in w.completes))
-        return [*result.dead_letters, *outcome.dead_letters]
+        seen: dict[tuple[int, int], tuple[int, ChangeEvent]] = {}
+
+        def mark(event: ChangeEvent, rank: int) -> None:
+            key = (event.origin.partition, event.origin.offset)
+            if key not in seen or rank > seen[key][0]:
+                seen[key] = (rank, event)
+
+        for e in result.superseded:
+            mark(e, 0)
+        for e in result.skipped:
+            mark(e, 1)
+        for w in outcome.applied:
+            if isinstance(w, WriteUpsert):
+                metrics.chunks_written.inc(len(w.points))
+            cleanup_only = isinstance(w, WriteUpsert) and not w.points
+            mark(w.event, 1 if cleanup_only else 2)
+        dead: dict[tuple[int, int], DeadLetter] = {}
+        for d in [*result.dead_letters, *outcome.dead_letters]:
+            key = (d.origin.partition, d.origin.offset)
+            dead.setdefault(key, d)
+            seen.pop(key, None)  # counted once, as a dead letter, in count_dead
+        now = time.time()
+        for rank, event in seen.values():
+            metrics.events.labels(_op(event), _OUTCOMES[rank]).inc()
+            if rank == 2:
+                metrics.freshness_lag.observe(max(0.0, now - event.origin.timestamp_ms / 1000))
+        final(*(e.origin for record in records for e in record))  # dead ones: sent just after
+        return list(dead.values())
 
     process_dlq = cast(Stream[DeadLetter], op.flat_map("chunk_embed_write", batches, process))
     dead = cast(Stream[DeadLetter], op.merge("dead_letters", consume_dlq, parse_dlq, process_dlq))
@@ -268,19 +268,20 @@ class VersionGateLogic(op.StatefulLogic[ChangeEvent, list[ChangeEvent], dict[str
         return dict(self.state or {})
 
 
-BufferState = tuple[list[ChangeEvent], float | None]  # (events, flush deadline, epoch seconds)
+Record = list[ChangeEvent]  # what one Kafka record became after the gate
+BufferState = tuple[list[Record], float | None]  # (records, flush deadline in epoch seconds)
 
 
-class BatchBufferLogic(op.StatefulLogic[ChangeEvent, list[ChangeEvent], BufferState]):
-    """`op.collect` with a restore hook: a batch is emitted at `max_size` events or `max_wait`
-    after its first one; its events are snapshotted with the offsets they came from."""
+class BatchBufferLogic(op.StatefulLogic[Record, list[Record], BufferState]):
+    """`op.collect` with a restore hook: a batch is emitted at `max_size` records or `max_wait`
+    after its first one; its records are snapshotted with the offsets they came from."""
 
     def __init__(
         self,
         resume: BufferState | None,
         max_wait: timedelta,
         max_size: int,
-        on_restore: Callable[[list[ChangeEvent]], None],
+        on_restore: Callable[[list[Record]], None],
     ) -> None:
         self.events, self.deadline = resume if resume is not None else ([], None)
         self.max_wait = max_wait
@@ -288,11 +289,11 @@ class BatchBufferLogic(op.StatefulLogic[ChangeEvent, list[ChangeEvent], BufferSt
         if self.events:
             on_restore(self.events)
 
-    def _flush(self) -> tuple[list[list[ChangeEvent]], bool]:
+    def _flush(self) -> tuple[list[list[Record]], bool]:
         batch, self.events, self.deadline = self.events, [], None
         return ([batch] if batch else []), StatefulLogic.DISCARD
 
-    def on_item(self, value: ChangeEvent) -> tuple[list[list[ChangeEvent]], bool]:
+    def on_item(self, value: Record) -> tuple[list[list[Record]], bool]:
         if not self.events:
             self.deadline = time.time() + self.max_wait.total_seconds()
         self.events.append(value)
@@ -300,10 +301,10 @@ class BatchBufferLogic(op.StatefulLogic[ChangeEvent, list[ChangeEvent], BufferSt
             return self._flush()
         return [], StatefulLogic.RETAIN
 
-    def on_notify(self) -> tuple[list[list[ChangeEvent]], bool]:
+    def on_notify(self) -> tuple[list[list[Record]], bool]:
         return self._flush()
 
-    def on_eof(self) -> tuple[list[list[ChangeEvent]], bool]:
+    def on_eof(self) -> tuple[list[list[Record]], bool]:
         return self._flush()
 
     def notify_at(self) -> datetime | None:
@@ -313,6 +314,9 @@ class BatchBufferLogic(op.StatefulLogic[ChangeEvent, list[ChangeEvent], BufferSt
 
     def snapshot(self) -> BufferState:
         return (list(self.events), self.deadline)
+
+
+_OUTCOMES = ("superseded", "skipped_indexed", "applied")
 
 
 def _now_ms() -> int:

@@ -61,13 +61,22 @@ class ChunkingConfig:
 
 
 def collapse(events: Sequence[ChangeEvent]) -> list[ChangeEvent]:
-    """Keep only the last event per document in a batch; the gate already put them in version
-    order, so earlier ones would only be overwritten (a same-version delete included)."""
+    """Keep the last event per document in a batch (the gate already put them in order, so
+    earlier ones would only be overwritten), and when that is an upsert, also the last delete
+    before it: should the upsert be dead-lettered, the delete must still have happened."""
     last: dict[str, ChangeEvent] = {}
+    deletes: dict[str, Delete] = {}
     for event in events:
+        if isinstance(event, Delete):
+            deletes[event.doc_key] = event
         last.pop(event.doc_key, None)
         last[event.doc_key] = event
-    return list(last.values())
+    out: list[ChangeEvent] = []
+    for key, event in last.items():
+        if isinstance(event, Upsert) and key in deletes:
+            out.append(deletes[key])
+        out.append(event)
+    return out
 
 
 def dead_letter_for(event: Upsert, error_class: str, message: str, step: str) -> DeadLetter:
@@ -147,25 +156,12 @@ class DocumentIndexer:
     def _resolve_tenants(
         self, events: Sequence[ChangeEvent], result: BatchResult
     ) -> list[ChangeEvent]:
-        """A delete whose tenant the flow state did not know goes to every tenant whose index
-        holds the document (the index is the source of truth); none holding it: nothing to do."""
-        unknown = [e.doc_id for e in events if isinstance(e, Delete) and not e.tenant_known]
-        if not unknown:
-            return list(events)
-        holders: dict[str, list[str]] = {}
-        if self.layouts is not None:
-            for tenant, doc_id in sorted(self.layouts(None, sorted(set(unknown)))):
-                holders.setdefault(doc_id, []).append(tenant)
-        out: list[ChangeEvent] = []
-        for e in events:
-            if isinstance(e, Delete) and not e.tenant_known:
-                tenants = holders.get(e.doc_id, [])
-                if not tenants:
-                    result.skipped.append(e)
-                out.extend(replace(e, tenant=t, tenant_known=True) for t in tenants)
-                continue
-            out.append(e)
-        return out
+        """A delete whose tenant the flow state did not know (its id was never seen here)
+        goes to the tenant it names, the default one, as a bare-key tombstone always did."""
+        return [
+            replace(e, tenant_known=True) if isinstance(e, Delete) and not e.tenant_known else e
+            for e in events
+        ]
 
     def _plan_against_index(
         self, events: list[ChangeEvent], result: BatchResult
@@ -187,8 +183,13 @@ class DocumentIndexer:
         for tenant, doc_ids in by_tenant.items():
             indexed.update(self.layouts(tenant, doc_ids))
         planned: list[ChangeEvent | WriteUpsert] = []
+        deleted_here: set[str] = set()
         for e in events:
             if not isinstance(e, Upsert):
+                deleted_here.add(e.doc_key)
+                planned.append(e)
+                continue
+            if e.doc_key in deleted_here:  # the delete before it runs first: rewrite it all
                 planned.append(e)
                 continue
             points = indexed.get((e.tenant, e.doc_id), ())
@@ -266,12 +267,14 @@ class DocumentIndexer:
 
 def complete_chunk_count(points: Sequence[ChunkLayout], event: Upsert) -> int | None:
     """n when the index holds exactly chunks 0..n-1 (one chunk_count n) written by `event`'s
-    version (and by its very record when the version is only a timestamp), else None."""
+    very record, else None. A different record of the same version can only get past the gate
+    after a delete (a re-create), and must be written."""
     mine = [
         p
         for p in points
         if p.version == event.version
-        and (event.explicit_version or p.offset == event.origin.offset)
+        # the same record; points written before offsets were stored: the same explicit version
+        and (p.offset == event.origin.offset or (p.offset < 0 and event.explicit_version))
     ]
     if not mine:
         return None

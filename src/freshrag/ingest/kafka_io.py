@@ -93,7 +93,8 @@ class _StoppablePartition(StatefulSourcePartition[Any, Any]):
     def next_batch(self) -> list[Any]:
         if self._stop.is_set():
             raise StopIteration()
-        batch = list(self._inner.next_batch())
+        batch = [self._placed(item) for item in self._inner.next_batch()]
+        batch = [item for item in batch if item is not None]
         self._awake = None if batch else datetime.now(UTC) + IDLE_POLL
         if self._on_read is not None:
             position = self._inner.snapshot()
@@ -101,6 +102,19 @@ class _StoppablePartition(StatefulSourcePartition[Any, Any]):
                 offsets = [_offset_of(item) for item in batch]
                 self._on_read(self._topic, self._partition, position, offsets)
         return batch
+
+    def _placed(self, item: Any) -> Any:
+        """A consume error names the partition it came from; one without an offset names no
+        record (a broker or transport error): it is logged, not dead-lettered."""
+        if not hasattr(item, "err"):
+            return item
+        msg = item.msg
+        if msg.offset is None or msg.offset < 0:
+            log.warning("Kafka error on %s/%d: %s", self._topic, self._partition, item.err)
+            return None
+        if msg.partition is None:
+            return type(item)(item.err, replace(msg, partition=self._partition))
+        return item
 
     def next_awake(self) -> datetime | None:
         return self._awake

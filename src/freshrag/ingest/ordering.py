@@ -115,6 +115,10 @@ def gate(
     last = current.get(event.tenant)
     if not is_after(event, last):
         return current or None, []
+    if event.row_identity and any(
+        a.row and t != event.tenant and not is_after(event, a) for t, a in current.items()
+    ):
+        return current, []  # an older image of a row that has since moved tenant
     if isinstance(event, Upsert) and event.row_identity:
         for tenant, applied in sorted(current.items()):
             if tenant != event.tenant and applied.row and not applied.deleted:
