@@ -64,5 +64,12 @@ test: setup browser lint typecheck
 bench: setup
 	$(PY) -m benchmarks.search_latency
 
+# The kill -9 crash soak at full size (CI runs a small one in `make test`); any size/seed by env:
+# FRESHRAG_SOAK_EVENTS, FRESHRAG_SOAK_KILLS, FRESHRAG_SOAK_DOCS, FRESHRAG_SOAK_SEED.
+.PHONY: soak
+soak: setup
+	FRESHRAG_SOAK_EVENTS=$${FRESHRAG_SOAK_EVENTS:-20000} FRESHRAG_SOAK_KILLS=$${FRESHRAG_SOAK_KILLS:-20} \
+	  $(PY) -m pytest tests/integration/test_crash_soak.py -q -rA
+
 clean: stop
 	rm -rf $(RUN_DIR)

@@ -277,13 +277,17 @@ def model_event(record: LogRecord) -> ModelEvent | None:
     Covers what `mixed_events` writes: native JSON events and bare-key tombstones."""
     if record.value is None:
         key = (record.key or b"").decode("utf-8", errors="strict")
-        if not key.strip() or key.startswith("{"):
+        if key.startswith("{"):
+            raise NotImplementedError("the model covers bare-key tombstones only")
+        if not key.strip():
             return None
         return ModelEvent("delete", "default", key, None, False, None)
     try:
         body = json.loads(record.value.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
         return None
+    if isinstance(body, dict) and ("payload" in body or body.get("op") in ("c", "r", "u", "d")):
+        raise NotImplementedError("the model covers native events only, not Debezium")
     if not isinstance(body, dict) or body.get("op") not in ("upsert", "delete"):
         return None
     doc_id, tenant, version = body.get("id"), body.get("tenant", "default"), body.get("version")
@@ -350,6 +354,20 @@ def expected_documents(records: Iterable[LogRecord]) -> dict[DocKey, ModelDoc]:
 def dead_letter_positions(records: Iterable[LogRecord]) -> set[tuple[int, int]]:
     """(partition, offset) of every record the model says must end in the DLQ."""
     return {(r.partition, r.offset) for r in records if model_event(r) is None}
+
+
+def dlq_sources(bootstrap: str, dlq_topic: str) -> dict[tuple[int, int], str]:
+    """(partition, offset) of each source record in the DLQ -> its error class (duplicates
+    from at-least-once delivery merged)."""
+    out = {}
+    for record in read_log(bootstrap, dlq_topic):
+        headers = dict(record.headers)
+        part = headers.get("freshrag.source.partition")
+        offset = headers.get("freshrag.source.offset")
+        if part is not None and offset is not None:
+            error = headers.get("freshrag.error.class", b"?").decode(errors="replace")
+            out[(int(part), int(offset))] = error
+    return out
 
 
 def expected_chunks(

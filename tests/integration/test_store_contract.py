@@ -8,6 +8,7 @@ model is loaded here.
 from __future__ import annotations
 
 import threading
+import uuid
 import zlib
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta, timezone
@@ -140,16 +141,42 @@ def make_edge(tmp_path: Path) -> EdgeStore:
 
 
 def make_server() -> QdrantServerStore:
+    """qdrant-client's local mode: the third contract backend (not a stand-in for the server)."""
     return QdrantServerStore(QdrantClient(":memory:"), collection=COLLECTION)
 
 
-@pytest.fixture(params=["edge", "server"])
+def make_real_server(request: pytest.FixtureRequest) -> QdrantServerStore:
+    """A fresh collection on the real Qdrant server of the session (never skipped)."""
+    url, api_key = request.getfixturevalue("qdrant_server")
+    name = f"{COLLECTION}_{uuid.uuid4().hex[:10]}"
+    return QdrantServerStore.from_url(url, api_key=api_key, collection=name)
+
+
+def make_backend(kind: str, request: pytest.FixtureRequest, path: Path) -> Store:
+    if kind == "edge":
+        return make_edge(path)
+    if kind == "memory":
+        return make_server()
+    return make_real_server(request)
+
+
+def drop(store: Store) -> None:
+    """Close a store; a real server's test collection (uuid-suffixed) is deleted first."""
+    if isinstance(store, QdrantServerStore) and store.collection != COLLECTION:
+        store.client.delete_collection(store.collection)
+    store.close()
+
+
+BACKENDS = ["edge", "memory", "qdrant_server"]
+
+
+@pytest.fixture(params=BACKENDS)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     """A fresh, empty store per test (for tests that write)."""
-    s: Store = make_edge(tmp_path) if request.param == "edge" else make_server()
+    s = make_backend(request.param, request, tmp_path)
     s.ensure_collection()
     yield s
-    s.close()
+    drop(s)
 
 
 @pytest.fixture
@@ -158,18 +185,16 @@ def loaded(store: Store) -> Store:
     return store
 
 
-@pytest.fixture(scope="module", params=["edge", "server"])
+@pytest.fixture(scope="module", params=BACKENDS)
 def readonly(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Store]:
     """One loaded store per backend shared by read-only tests (creating Edge shards costs ~1 s)."""
-    s: Store = (
-        make_edge(tmp_path_factory.mktemp("readonly")) if request.param == "edge" else make_server()
-    )
+    s = make_backend(request.param, request, tmp_path_factory.mktemp("readonly"))
     s.ensure_collection()
     s.upsert_chunks(corpus())
     yield s
-    s.close()
+    drop(s)
 
 
 def doc_ids(hits: Sequence[Hit]) -> set[str]:
@@ -423,7 +448,8 @@ def assert_same(
             assert e_val == s_val, f"{step}: {key}"
 
 
-def test_backends_agree(tmp_path: Path) -> None:
+@pytest.mark.parametrize("other", ["memory", "qdrant_server"])
+def test_backends_agree(tmp_path: Path, request: pytest.FixtureRequest, other: str) -> None:
     """Identical inputs to both backends give identical observable results.
 
     Known difference (documented, not a bug in our code): with the IDF modifier, the Qdrant
@@ -433,7 +459,9 @@ def test_backends_agree(tmp_path: Path) -> None:
     (qdrant-client#1427). So after a delete, sparse *scores* drift by the IDF ratio while ids
     and order still agree on this corpus; reopening the Edge shard makes the scores agree again.
     """
-    edge, server = make_edge(tmp_path), make_server()
+    edge, server = make_edge(tmp_path), make_backend(other, request, tmp_path)
+    # the real server's engine, like Edge's, keeps deleted points in its IDF statistics
+    same_idf = other == "qdrant_server"
     steps: list[tuple[str, bool, Any]] = [  # (name, deletes?, action)
         ("load corpus", False, lambda s: s.upsert_chunks(corpus())),
         (
@@ -460,17 +488,18 @@ def test_backends_agree(tmp_path: Path) -> None:
             apply(server)
             deleted = deleted or deletes
             e_snap = snapshot(edge)
-            assert_same(e_snap, snapshot(server), step, sparse_scores=not deleted)
+            assert_same(e_snap, snapshot(server), step, sparse_scores=same_idf or not deleted)
         # Sanity: the final state is the one we meant to reach (guards against both being empty).
         assert e_snap["count"] == 2 + 2 + 4
         assert e_snap["versions_acme"] == {"d1": 2, "d2": 1, "d4": 1}
 
-        edge.close()
-        edge = make_edge(tmp_path)  # reload rebuilds Edge's IDF statistics from live points
-        assert_same(snapshot(edge), snapshot(server), "edge reopened", sparse_scores=True)
+        if not same_idf:
+            edge.close()
+            edge = make_edge(tmp_path)  # reload rebuilds Edge's IDF statistics from live points
+            assert_same(snapshot(edge), snapshot(server), "edge reopened", sparse_scores=True)
     finally:
         edge.close()
-        server.close()
+        drop(server)
 
 
 # -- schema mismatch ------------------------------------------------------------------------
@@ -631,25 +660,19 @@ def test_open_store_picks_backend(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr("freshrag.retrieve.server_store.QdrantClient", fake_client)
     server = open_store("http://qdrant.test:6333", tmp_path / "unused", "c2", api_key="k")
     assert isinstance(server, QdrantServerStore)
-    assert seen == {"url": "http://qdrant.test:6333", "api_key": "k"}
+    assert seen == {"url": "http://qdrant.test:6333", "api_key": "k", "check_compatibility": False}
     assert server.collection == "c2"
     server.ensure_collection()
     assert server.count() == 0
     server.close()
 
 
-@pytest.mark.parametrize("backend", ["edge", "server"])
-def test_watermarks_round_trip_on_both_backends(backend: str, tmp_path: Path) -> None:
-    from qdrant_client import QdrantClient
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_watermarks_round_trip_on_every_backend(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
 
-    from freshrag.retrieve.edge_store import EdgeStore
-    from freshrag.retrieve.server_store import QdrantServerStore
-
-    store: Any = (
-        EdgeStore(tmp_path / "wm", "freshrag")
-        if backend == "edge"
-        else QdrantServerStore(QdrantClient(":memory:"), "freshrag")
-    )
+    store: Any = make_backend(backend, request, tmp_path / "wm")
     store.ensure_collection()
     assert store.load_watermarks("documents") == {}
     store.save_watermarks("documents", {"0": 12, "1": 7})
@@ -658,4 +681,6 @@ def test_watermarks_round_trip_on_both_backends(backend: str, tmp_path: Path) ->
     assert store.load_watermarks("documents") == {"0": 15, "1": 7}
     assert store.load_watermarks("other") == {"0": 1}
     assert store.count() == 0  # watermarks never show up as chunks
-    store.close()
+    if backend == "qdrant_server":
+        store.client.delete_collection(f"{store.collection}_watermarks")
+    drop(store)

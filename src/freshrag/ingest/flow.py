@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -80,16 +80,20 @@ def build_flow(parts: FlowParts, flow_id: str = "freshrag-ingest") -> Dataflow:
     s = parts.settings
     metrics = parts.metrics
     limits = EventLimits(max_document_bytes=s.max_document_bytes)
-    indexer = DocumentIndexer(
-        parts.dense,
-        parts.sparse,
-        ChunkingConfig(max_tokens=s.chunk_tokens, overlap=s.chunk_overlap),
-        layouts=parts.store.chunk_layouts,
-    )
     writer = IndexWriter(
         parts.store,
         retry_budget_s=s.store_retry_budget_s,
         on_retry=lambda _exc: metrics.store_retries.inc(),
+    )
+
+    def layouts(tenant: str | None, doc_ids: Sequence[str]) -> Any:
+        return writer.read(lambda: parts.store.chunk_layouts(tenant, doc_ids))
+
+    indexer = DocumentIndexer(
+        parts.dense,
+        parts.sparse,
+        ChunkingConfig(max_tokens=s.chunk_tokens, overlap=s.chunk_overlap),
+        layouts=layouts,
     )
     brokers = s.kafka_bootstrap.split(",")
     tracker = parts.watermarks

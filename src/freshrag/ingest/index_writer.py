@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from tenacity import (
     RetryCallState,
@@ -29,6 +30,7 @@ from freshrag.retrieve.contract import Store
 log = logging.getLogger("freshrag.ingest.index")
 
 STEP = "index"
+_R = TypeVar("_R")
 _TRANSIENT_NAMES = {
     "ResponseHandlingException",  # qdrant-client: the request never got an answer
     "ConnectError",
@@ -122,6 +124,13 @@ class IndexWriter:
         return outcome
 
     # -- internals ---------------------------------------------------------------------------
+
+    def read(self, call: Callable[[], _R]) -> _R:
+        """A store read with the same retry policy and budget as the writes (the indexer's
+        layout lookups): a store blip must not end the flow before the budget is spent."""
+        box: list[_R] = []
+        self._retrying(lambda: box.append(call()))
+        return box[-1]
 
     def _retrying(self, call: Callable[[], object]) -> None:
         def before_sleep(state: RetryCallState) -> None:

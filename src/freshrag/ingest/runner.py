@@ -105,7 +105,21 @@ class WatermarkPublisher:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
-        self._publish()
+        try:
+            self._publish()
+        except Exception as exc:  # must not mask why the flow stopped (store down, say)
+            log.warning("final watermark publish failed: %s", exc)
+
+
+def _causes(exc: BaseException) -> str:
+    """Every error in the chain, outermost first: bytewax wraps a step's exception in its own,
+    and the cause (e.g. the store's retry budget running out) must reach the log."""
+    parts: list[str] = []
+    seen: BaseException | None = exc
+    while seen is not None and len(parts) < 6:
+        parts.append(f"{type(seen).__name__}: {str(seen).splitlines()[0] if str(seen) else ''}")
+        seen = seen.__cause__ or seen.__context__
+    return " <- ".join(parts)
 
 
 def run_ingest(settings: Settings, opts: IngestOptions) -> None:
@@ -158,6 +172,9 @@ def run_ingest(settings: Settings, opts: IngestOptions) -> None:
             epoch_interval=opts.snapshot_interval,
             recovery_config=recovery,
         )
+    except BaseException as exc:
+        log.error("ingest failed: %s", _causes(exc))
+        raise
     finally:
         publisher.stop()
         store.close()

@@ -134,8 +134,9 @@ class QdrantServerStore:
     def from_url(
         cls, url: str, api_key: str | None = None, collection: str = DEFAULT_COLLECTION
     ) -> QdrantServerStore:
-        """A store on a remote server (qdrant-client checks version compatibility on connect)."""
-        return cls(QdrantClient(url=url, api_key=api_key), collection)
+        """A store on a remote server. No client/server version check: the index contract uses
+        only long-stable APIs, and qdrant-client warns on every minor-version gap."""
+        return cls(QdrantClient(url=url, api_key=api_key, check_compatibility=False), collection)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
