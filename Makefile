@@ -58,8 +58,10 @@ typecheck: venv
 unit: venv
 	$(PY) -m pytest tests/unit -q
 
+# The crash test's events and kill moments come from a seed: fixed here so CI runs are
+# comparable (FRESHRAG_SOAK_SEED=... to vary it); `make soak` draws a new one each run.
 test: setup browser lint typecheck
-	$(PY) -m pytest tests -q --junitxml=$(RUN_DIR)/pytest.xml
+	FRESHRAG_SOAK_SEED=$${FRESHRAG_SOAK_SEED:-20261129} $(PY) -m pytest tests -q --junitxml=$(RUN_DIR)/pytest.xml
 
 bench: setup
 	$(PY) -m benchmarks.search_latency
