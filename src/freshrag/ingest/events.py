@@ -18,6 +18,7 @@ from freshrag.ingest.validation import (
     InvalidValue,
     check_metadata,
     check_version,
+    json_kind,
     loads_strict,
 )
 
@@ -177,22 +178,11 @@ def _parse(record: RawRecord, limits: EventLimits, mapping: DebeziumMapping) -> 
     except json.JSONDecodeError as exc:
         raise EventError("InvalidJSON", f"value is not JSON: {exc.msg} at char {exc.pos}") from None
     if not isinstance(body, dict):
-        raise EventError("WrongType", f"event must be a JSON object, got {_kind(body)}")
+        raise EventError("WrongType", f"event must be a JSON object, got {json_kind(body)}")
     envelope = _debezium_envelope(body)
     if envelope is not None:
         return _from_debezium(envelope, record, mapping)
     return _from_native(body, record)
-
-
-def _kind(value: Any) -> str:
-    return {
-        dict: "object",
-        list: "array",
-        str: "string",
-        bool: "boolean",
-        int: "integer",
-        float: "number",
-    }.get(type(value), "null" if value is None else type(value).__name__)
 
 
 def _from_native(body: dict[str, Any], record: RawRecord) -> ChangeEvent:
@@ -315,7 +305,7 @@ def _doc_id(value: Any, name: str, *, allow_int: bool) -> str:
     if allow_int and isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     if not isinstance(value, str):
-        raise EventError("WrongType", f"field '{name}' must be a string, got {_kind(value)}")
+        raise EventError("WrongType", f"field '{name}' must be a string, got {json_kind(value)}")
     if not value.strip():
         raise EventError("MissingField", f"field '{name}' (document id) is empty")
     if len(value) > MAX_ID_LENGTH:
@@ -327,7 +317,7 @@ def _tenant(value: Any) -> str:
     if value is None:
         return DEFAULT_TENANT
     if not isinstance(value, str):
-        raise EventError("WrongType", f"field 'tenant' must be a string, got {_kind(value)}")
+        raise EventError("WrongType", f"field 'tenant' must be a string, got {json_kind(value)}")
     if not is_valid_tenant(value):
         raise EventError("InvalidTenant", "field 'tenant' must match [A-Za-z0-9_.-]{1,64}")
     return value
@@ -339,7 +329,7 @@ def _version(value: Any, record: RawRecord) -> int:
             lambda ts: check_version(ts, "the record timestamp"), record.origin.timestamp_ms
         )
     if isinstance(value, bool) or not isinstance(value, int):
-        raise EventError("WrongType", f"field 'version' must be an integer, got {_kind(value)}")
+        raise EventError("WrongType", f"field 'version' must be an integer, got {json_kind(value)}")
     if value < 0:
         raise EventError("WrongType", "field 'version' must be >= 0")
     return _checked(check_version, value)
@@ -349,7 +339,7 @@ def _text(value: Any, name: str) -> str:
     if value is None:
         raise EventError("MissingField", f"field '{name}' is required for an upsert")
     if not isinstance(value, str):
-        raise EventError("WrongType", f"field '{name}' must be a string, got {_kind(value)}")
+        raise EventError("WrongType", f"field '{name}' must be a string, got {json_kind(value)}")
     if not value.strip():
         raise EventError(
             "EmptyText", f"field '{name}' is empty; send a delete to remove a document"
@@ -361,7 +351,7 @@ def _optional_str(value: Any, name: str, max_len: int) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str):
-        raise EventError("WrongType", f"field '{name}' must be a string, got {_kind(value)}")
+        raise EventError("WrongType", f"field '{name}' must be a string, got {json_kind(value)}")
     if len(value) > max_len:
         raise EventError("WrongType", f"field '{name}' is longer than {max_len} characters")
     return value
@@ -381,7 +371,7 @@ def _updated_at(value: Any, record: RawRecord) -> datetime:
             ) from None
     if not isinstance(value, str):
         raise EventError(
-            "WrongType", f"field 'updated_at' must be an ISO 8601 string, got {_kind(value)}"
+            "WrongType", f"field 'updated_at' must be an ISO 8601 string, got {json_kind(value)}"
         )
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))

@@ -163,7 +163,8 @@ def is_metadata_key(key: object) -> bool:
     )
 
 
-def _kind(value: Any) -> str:
+def json_kind(value: Any) -> str:
+    """The JSON name of a value's type, for error messages."""
     if value is None:
         return "null"
     return {
@@ -193,7 +194,7 @@ def _check_scalar(value: Any, name: str) -> None:
     else:
         raise InvalidValue(
             "WrongType",
-            f"{name} must be a string, number, boolean or a list of them, got {_kind(value)}",
+            f"{name} must be a string, number, boolean or a list of them, got {json_kind(value)}",
         )
 
 
@@ -208,7 +209,8 @@ def check_metadata_value(value: Any, name: str) -> None:
         for item in value:
             if isinstance(item, list | dict):
                 raise InvalidValue(
-                    "WrongType", f"{name} must be a flat list of scalars, not hold {_kind(item)}s"
+                    "WrongType",
+                    f"{name} must be a flat list of scalars, not hold {json_kind(item)}s",
                 )
             _check_scalar(item, f"{name} item")
         return
@@ -231,7 +233,9 @@ def check_metadata(value: Any) -> dict[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, Mapping):
-        raise InvalidValue("WrongType", f"field 'metadata' must be an object, got {_kind(value)}")
+        raise InvalidValue(
+            "WrongType", f"field 'metadata' must be an object, got {json_kind(value)}"
+        )
     if len(value) > MAX_METADATA_KEYS:
         raise InvalidValue(
             "MetadataTooLarge",
@@ -239,7 +243,7 @@ def check_metadata(value: Any) -> dict[str, Any]:
         )
     for key, item in value.items():
         if not is_metadata_key(key):
-            shown = ascii(key)[:60] if isinstance(key, str) else _kind(key)
+            shown = ascii(key)[:60] if isinstance(key, str) else json_kind(key)
             raise InvalidValue(
                 "InvalidMetadataKey",
                 f"metadata key {shown} must be 1-{MAX_METADATA_KEY_CHARS} letters, digits, "
