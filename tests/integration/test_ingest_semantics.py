@@ -342,3 +342,34 @@ def test_the_gate_forgets_deleted_documents_after_the_retention(
             what="replayed live upsert dropped by the gate",
         )
     assert index_state(store) == {("default", "live"): (1, 1)}
+
+
+def test_a_kill_during_recovery_initialisation_does_not_wedge_later_starts(
+    tmp_path: Path,
+) -> None:
+    """A partition file left empty by a kill used to fail every start ("No recovery
+    partitions found"); it is rebuilt, and a complete one is kept as it is."""
+    from datetime import timedelta
+
+    import bytewax.operators as op
+    from bytewax.dataflow import Dataflow
+    from bytewax.run import cli_main
+    from bytewax.testing import TestingSink, TestingSource
+
+    from freshrag.ingest.runner import IngestOptions, prepare_recovery
+
+    recovery = tmp_path / "recovery"
+    recovery.mkdir()
+    (recovery / "part-0.sqlite3").touch()  # what a kill inside init_db_dir leaves
+    opts = IngestOptions(recovery_dir=recovery)
+    config = prepare_recovery(opts)
+    out: list[int] = []
+    flow = Dataflow("wedge")
+    op.output("out", op.input("in", flow, TestingSource([1, 2, 3])), TestingSink(out))
+    cli_main(flow, epoch_interval=timedelta(seconds=1), recovery_config=config)
+    assert out == [1, 2, 3]
+    before = (recovery / "part-0.sqlite3").stat()
+    prepare_recovery(opts)  # a complete partition (now with snapshots) is left alone
+    after = (recovery / "part-0.sqlite3").stat()
+    assert (before.st_ino, before.st_size) == (after.st_ino, after.st_size)
+    assert not (recovery / ".init").exists()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import signal
 import threading
 from collections.abc import Callable
@@ -52,15 +54,44 @@ def check_options(settings: Settings, opts: IngestOptions) -> None:
 
 
 def prepare_recovery(opts: IngestOptions) -> object | None:
-    """Initialise the recovery partitions once; later runs resume from their snapshots."""
+    """Initialise the recovery partitions once; later runs resume from their snapshots.
+
+    Initialisation is crash-safe: the partitions are built in a scratch folder and moved in only
+    when complete, and partitions a killed initialisation left half-written (no bytewax tables,
+    so no state) are rebuilt. Otherwise a kill at that moment would fail every later start
+    ("No recovery partitions found")."""
     if opts.recovery_dir is None:
         return None
     from bytewax.recovery import RecoveryConfig, init_db_dir
 
-    opts.recovery_dir.mkdir(parents=True, exist_ok=True)
-    if not any(opts.recovery_dir.glob("*.sqlite3")):
-        init_db_dir(opts.recovery_dir, opts.recovery_partitions)
-    return RecoveryConfig(opts.recovery_dir)
+    target = opts.recovery_dir
+    target.mkdir(parents=True, exist_ok=True)
+    existing = sorted(target.glob("*.sqlite3"))
+    if existing and not all(_is_recovery_partition(f) for f in existing):
+        log.warning("recovery partitions in %s are half-initialised: rebuilding them", target)
+        for f in existing:
+            f.unlink()
+        existing = []
+    if not existing:
+        scratch = target / ".init"
+        shutil.rmtree(scratch, ignore_errors=True)
+        scratch.mkdir()
+        init_db_dir(scratch, opts.recovery_partitions)
+        for f in sorted(scratch.glob("*.sqlite3")):
+            os.replace(f, target / f.name)
+        shutil.rmtree(scratch, ignore_errors=True)
+    return RecoveryConfig(target)
+
+
+def _is_recovery_partition(path: Path) -> bool:
+    """A bytewax recovery partition: an SQLite file with its `parts` table filled in."""
+    import sqlite3
+
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+            return bool(db.execute("SELECT count(*) FROM parts").fetchone()[0])
+    except sqlite3.Error:
+        return False
 
 
 def open_settings_store(settings: Settings) -> Store:
