@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from freshrag.ingest.chunking import Chunk, TokenCounter, chunk_document, embedding_text
-from freshrag.ingest.events import ChangeEvent, DeadLetter, Delete, RawRecord, RecordOrigin, Upsert
+from freshrag.ingest.events import ChangeEvent, DeadLetter, Delete, RawRecord, Upsert
 from freshrag.retrieve.contract import ChunkLayout, ChunkPoint, SparseVector
 
 
@@ -39,15 +39,12 @@ class WriteUpsert:
 
     event: Upsert
     points: list[ChunkPoint]
-    # records this write supersedes (older versions in the same batch): final once it lands
-    completes: tuple[RecordOrigin, ...] = ()
     keep_chunks: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class WriteDelete:
     event: Delete
-    completes: tuple[RecordOrigin, ...] = ()
 
 
 IndexWrite = WriteUpsert | WriteDelete
