@@ -23,7 +23,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,openvino]'
 	@touch $(STAMP)
 
 setup: venv
@@ -63,7 +63,14 @@ unit: venv
 test: setup browser lint typecheck
 	FRESHRAG_SOAK_SEED=$${FRESHRAG_SOAK_SEED:-20261129} $(PY) -m pytest tests -q --junitxml=$(RUN_DIR)/pytest.xml
 
+# Every performance figure (embedding, ingest, freshness, serving, online optimize, peak RSS) into
+# benchmarks/out/ (results.json, results.md, PNG plots); BENCH_ARGS="--quick" or "--sections ...".
 bench: setup
+	$(PY) -m benchmarks.bench $(BENCH_ARGS)
+
+# In-process Edge search latency at 10k / 100k chunks (no HTTP, no query embedding).
+.PHONY: bench-search
+bench-search: setup
 	$(PY) -m benchmarks.search_latency
 
 # The kill -9 crash soak at full size (CI runs a small one in `make test`); any size/seed by env:

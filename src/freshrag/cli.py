@@ -223,7 +223,7 @@ def search(
     except Exception as exc:
         raise fail(f"cannot open the index: {exc}") from None
     try:
-        searcher = HybridSearcher(store, Embedder(settings.embedder_model_path), Bm25Encoder())
+        searcher = HybridSearcher(store, Embedder.from_settings(settings), Bm25Encoder())
         flt = SearchFilter(tenant=tenant, metadata_equals=metadata, doc_ids=doc_ids or None)
         result = searcher.search(
             SearchRequest(query=query, filter=flt, top_k=top_k, fresh=fresh, mode=mode)  # type: ignore[arg-type]
@@ -317,7 +317,7 @@ def evaluate(
     from freshrag.retrieve.search import HybridSearcher
 
     settings = _settings()
-    embedder = Embedder(settings.embedder_model_path, batch_size=settings.embed_batch_size)
+    embedder = Embedder.from_settings(settings)
     store = EdgeStore(index_path, "eval")
     store.ensure_collection()
     tasks: dict[str, object] = {}
@@ -353,8 +353,19 @@ def evaluate(
 
 
 @app.command()
-def optimize() -> None:
-    """Build the embedded index's HNSW graph (offline: stop `freshrag up` first)."""
+def optimize(
+    online: Annotated[
+        bool,
+        typer.Option(
+            "--online/--in-place",
+            help="online: optimize a copy in a subprocess and swap it in (Ctrl-C leaves the "
+            "index as it was; needs the shard's size again in free disk); in-place: the "
+            "engine's blocking call on the shard itself",
+        ),
+    ] = True,
+) -> None:
+    """Build the embedded index's HNSW graph (stop `freshrag up` first: it holds the index, and
+    builds the graph itself in the background, see FRESHRAG_EDGE_OPTIMIZE_MIN_POINTS)."""
     import time
 
     from freshrag.retrieve.edge_store import EdgeStore
@@ -367,9 +378,15 @@ def optimize() -> None:
         store.ensure_collection()
         started = time.perf_counter()
         with console.status(f"optimizing {store.count()} points in {settings.index_path}..."):
-            changed = store.optimize()
+            if online:
+                result = store.optimize_online()
+                changed = result.swapped
+            else:
+                changed = store.optimize()
         took = time.perf_counter() - started
         console.print(f"{'optimized' if changed else 'already optimized'} in {took:.1f} s")
+        if online:
+            console.print(f"{store.unindexed_points()} points not covered by HNSW")
     except Exception as exc:
         raise fail(f"cannot optimize {settings.index_path}: {exc}", 1) from None
     finally:

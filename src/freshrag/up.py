@@ -64,12 +64,21 @@ def query_embedder(settings: Settings, ingest: Any) -> Any:
         return ingest
     from freshrag.core.embedder import Embedder
 
-    return Embedder(
-        settings.embedder_model_path,
-        device=settings.embed_device,
-        batch_size=settings.embed_batch_size,
-        query_cache_size=settings.query_cache_size,
+    return Embedder.from_settings(settings)
+
+
+def edge_auto_optimizer(settings: Settings, store: Any) -> Any | None:
+    """The embedded shard's background HNSW build (FRESHRAG_EDGE_OPTIMIZE_MIN_POINTS; 0: off).
+    It optimizes a copy in a subprocess and swaps it in; search and ingest go on meanwhile."""
+    from freshrag.retrieve.edge_store import EdgeAutoOptimizer, EdgeStore
+
+    if not isinstance(store, EdgeStore) or settings.edge_optimize_min_points <= 0:
+        return None
+    optimizer = EdgeAutoOptimizer(
+        store, settings.edge_optimize_min_points, interval_s=settings.edge_optimize_check_s
     )
+    optimizer.start()
+    return optimizer
 
 
 def run_up(settings: Settings, opts: IngestOptions) -> None:
@@ -92,18 +101,19 @@ def run_up(settings: Settings, opts: IngestOptions) -> None:
     )
     registry = CollectorRegistry()  # one /metrics for the flow and the API
     metrics = IngestMetrics(registry)
-    embedder = Embedder(
-        settings.embedder_model_path,
-        device=settings.embed_device,
-        batch_size=settings.embed_batch_size,
-        query_cache_size=settings.query_cache_size,
-        sub_batch_size=settings.embed_sub_batch_size,
-    )
+    embedder = Embedder.from_settings(settings)
     store = open_settings_store(settings)
     recent = RecentWrites()
     stop = threading.Event()
     parts = FlowParts(
-        settings, store, embedder, Bm25Encoder(), metrics, stop, listener=recent.record
+        settings,
+        store,
+        embedder,
+        Bm25Encoder(),
+        metrics,
+        stop,
+        listener=recent.record,
+        workers=opts.workers,
     )
     flow = FlowThread(build_flow(parts), opts, stop)
     services = build_services(
@@ -124,6 +134,7 @@ def run_up(settings: Settings, opts: IngestOptions) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, _frame: log.info("signal %s: shutting down", signum))
     flow.start()
+    optimizer = edge_auto_optimizer(settings, store)
     log.info(
         "freshrag up: API http://%s:%s (docs /docs), topic %s, index %s",
         settings.api_host,
@@ -135,6 +146,8 @@ def run_up(settings: Settings, opts: IngestOptions) -> None:
         server.run()  # handles SIGINT/SIGTERM, returns after a graceful shutdown
     finally:
         flow.stop()
+        if optimizer is not None:
+            optimizer.stop()  # kills a running optimize; the live shard is complete
         services.close()
         store.close()
         log.info("freshrag up stopped; index and recovery state kept")

@@ -42,7 +42,7 @@ class RunningFlow:
         self.stop_event = threading.Event()
         self.metrics = IngestMetrics()
         self.parts = FlowParts(
-            settings, store, embedder, Bm25Encoder(), self.metrics, self.stop_event
+            settings, store, embedder, Bm25Encoder(), self.metrics, self.stop_event, workers=workers
         )
         self.workers = workers
         self.recovery_dir = recovery_dir
@@ -638,16 +638,23 @@ class IngestCli:
             text = self._http.get(f"http://127.0.0.1:{self.port}/metrics").text
         except httpx.HTTPError:
             return {}
-        read, done, offsets = 0.0, 0.0, {}
+        read, done, background, offsets = 0.0, 0.0, 0.0, {}
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
                 if sample.name == "freshrag_ingest_records_read_total":
                     read = sample.value
+                elif sample.name == "freshrag_ingest_background_records_total":
+                    background = sample.value
                 elif sample.name == "freshrag_ingest_events_total":
                     done += sample.value
                 elif sample.name == "freshrag_ingest_source_offset":
                     offsets[int(sample.labels["partition"])] = int(sample.value)
-        self.last_metrics = {"read": read, "done": done, "offsets": offsets}
+        self.last_metrics = {
+            "read": read,
+            "done": done,
+            "background": background,
+            "offsets": offsets,
+        }
         return self.last_metrics
 
     def flowing(self) -> bool:

@@ -37,6 +37,9 @@ EVENTS = int(os.environ.get("FRESHRAG_SOAK_EVENTS", "2000"))
 KILLS = int(os.environ.get("FRESHRAG_SOAK_KILLS", "5"))
 DOCS = int(os.environ.get("FRESHRAG_SOAK_DOCS", str(max(40, EVENTS // 7))))
 PARTITIONS = 4
+# Multi-chunk documents (about 12% of them) take the background embed lane, so kills also land
+# while a large document is embedded there, beside the small-batch lane.
+LANES = {"FRESHRAG_EMBED_BACKGROUND_MIN_CHUNKS": "3"}
 
 
 def soak_seed() -> int:
@@ -72,8 +75,8 @@ def test_kill9_at_random_moments_leaves_the_index_exact(
     chunks = [records[i : i + size] for i in range(0, len(records), size)]
     work = tmp_path / "ingest"
     recovery = ["-r", str(tmp_path / "recovery"), "-s", "1"]
-    kills, kill_after, resumed = 0, [], 0
-    proc = IngestCli(kafka_bootstrap, topic, work, *recovery)
+    kills, kill_after, resumed, background = 0, [], 0, 0.0
+    proc = IngestCli(kafka_bootstrap, topic, work, *recovery, env=LANES)
     try:
         for wave in range(KILLS):
             draw = moments.random()
@@ -91,6 +94,7 @@ def test_kill9_at_random_moments_leaves_the_index_exact(
             time.sleep(delay)
             assert proc.alive, f"ingest died on its own:\n{proc.log_tail()}"
             seen = proc.metrics()
+            background += seen.get("background", 0)
             if seen and sum(seen["offsets"].values()) > seen["read"]:
                 resumed += 1  # it started past offset 0: resumed from a recovery snapshot
             proc.kill()
@@ -101,11 +105,12 @@ def test_kill9_at_random_moments_leaves_the_index_exact(
                     f"crash soak: t={time.monotonic() - started:.0f}s kill {kills}/{KILLS} "
                     f"{delay:.1f} s into {when}; metrics at the kill: {seen}"
                 )
-            proc = IngestCli(kafka_bootstrap, topic, work, *recovery)
+            proc = IngestCli(kafka_bootstrap, topic, work, *recovery, env=LANES)
         for rest in chunks[KILLS:]:
             produce(kafka_bootstrap, topic, rest)
         ends = end_offsets(kafka_bootstrap, topic, PARTITIONS)
         proc.wait_caught_up(ends, timeout=600)
+        background += proc.metrics().get("background", 0)
         assert proc.terminate() == 0, proc.log_tail()
     finally:
         if proc.alive:
@@ -127,9 +132,11 @@ def test_kill9_at_random_moments_leaves_the_index_exact(
             f"crash soak: seed={seed} events={len(log)} kills={kills} {report.figures()} "
             f"docs={report.documents} chunks={report.chunks} points={len(payloads)} "
             f"dead_letters={len(dead)} kill_after_s={kill_after} resumed_mid_log={resumed} "
+            f"background_lane_records={background:.0f} "
             f"duration_s={time.monotonic() - started:.0f}"
         )
     assert report.exact, f"seed {seed}: {report.figures()}\n" + "\n".join(report.problems)
+    assert background > 0, "no record took the background embed lane: the soak missed it"
     # every bad record reached the DLQ (at least once), and no good one did
     assert set(dlq) == dead, f"seed {seed}: not dead-lettered {sorted(dead - set(dlq))[:10]}, " + (
         f"dead-lettered but valid {[(k, dlq[k]) for k in sorted(set(dlq) - dead)][:10]}"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from freshrag.core.settings import SettingsError, load_settings
 
@@ -35,6 +37,10 @@ def test_api_keys_and_aliases_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
         ("FRESHRAG_API_KEYS", "justakey", "FRESHRAG_API_KEYS"),
         ("FRESHRAG_CHUNK_OVERLAP", "500", "FRESHRAG_CHUNK_OVERLAP"),
         ("FRESHRAG_API_PORT", "70000", "FRESHRAG_API_PORT"),
+        ("FRESHRAG_EMBED_BACKEND", "tensorrt", "FRESHRAG_EMBED_BACKEND"),
+        ("FRESHRAG_EMBED_BACKEND", "ONNX", "FRESHRAG_EMBED_BACKEND"),
+        ("FRESHRAG_EMBED_THREADS", "-1", "FRESHRAG_EMBED_THREADS"),
+        ("FRESHRAG_EMBED_THREADS", "two", "FRESHRAG_EMBED_THREADS"),
     ],
 )
 def test_invalid_setting_names_the_variable(
@@ -45,3 +51,39 @@ def test_invalid_setting_names_the_variable(
         load_settings()
     message = str(info.value)
     assert fragment in message and "\n" not in message
+
+
+EMBED_BACKENDS = ("torch", "onnx", "onnx-int8", "openvino", "openvino-int8")
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    backend=st.one_of(st.sampled_from(EMBED_BACKENDS), st.text(max_size=20)),
+    threads=st.one_of(st.integers(-5, 300).map(str), st.text(max_size=6)),
+)
+def test_embed_backend_and_threads_fuzz(backend: str, threads: str) -> None:
+    """Any value either loads as itself or fails with one line naming the variable."""
+    env = {"FRESHRAG_EMBED_BACKEND": backend, "FRESHRAG_EMBED_THREADS": threads}
+    if "\x00" in backend + threads:
+        return  # not representable in a real environment
+    canonical = backend in EMBED_BACKENDS and threads.isascii() and threads.isdigit()
+    must_load = canonical and int(threads) <= 256
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in env.items():
+            mp.setenv(name, value)
+        try:
+            s = load_settings()
+        except SettingsError as exc:
+            message = str(exc)
+            assert "\n" not in message
+            assert "FRESHRAG_EMBED_BACKEND" in message or "FRESHRAG_EMBED_THREADS" in message
+            assert not must_load, message
+            return
+    assert s.embed_backend == backend  # only the exact names load
+    assert 0 <= s.embed_threads <= 256
+
+
+def test_embed_defaults() -> None:
+    s = load_settings()
+    assert s.embed_backend in EMBED_BACKENDS and s.embed_threads == 0
+    assert s.embed_cache_dir is None

