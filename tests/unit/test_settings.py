@@ -87,3 +87,35 @@ def test_embed_defaults() -> None:
     s = load_settings()
     assert s.embed_backend in EMBED_BACKENDS and s.embed_threads == 0
     assert s.embed_cache_dir is None
+
+
+FRESHNESS_KNOBS = {
+    "FRESHRAG_EMBED_BACKGROUND_MIN_CHUNKS": ("embed_background_min_chunks", 1, 1_000_000),
+    "FRESHRAG_KAFKA_FETCH_WAIT_MAX_MS": ("kafka_fetch_wait_max_ms", 1, 10_000),
+    "FRESHRAG_STOP_DRAIN_S": ("stop_drain_s", 0, 3600),
+}
+HOSTILE = st.one_of(
+    st.sampled_from(["nan", "NaN", "inf", "-inf", "1e308", "-0", "9" * 40, "１０", "", " 5 "]),
+    st.integers(-(10**12), 10**12).map(str),
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    st.text(max_size=12),
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(name=st.sampled_from(sorted(FRESHNESS_KNOBS)), value=HOSTILE)
+def test_freshness_knobs_load_in_bounds_or_fail_naming_the_variable(name: str, value: str) -> None:
+    """NaN, infinities, huge numbers and odd unicode: a value loads inside its bounds, or
+    start-up fails with one line naming the variable; never a crash or an unbounded value."""
+    if "\x00" in value:
+        return  # not representable in a real environment
+    field, low, high = FRESHNESS_KNOBS[name]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(name, value)
+        try:
+            s = load_settings()
+        except SettingsError as exc:
+            assert name in str(exc) and "\n" not in str(exc)
+            return
+    loaded = getattr(s, field)
+    assert low <= loaded <= high, (value, loaded)
