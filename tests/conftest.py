@@ -140,7 +140,7 @@ class QdrantServer:
             cwd=ROOT,
             capture_output=True,
             text=True,
-            timeout=120,
+            timeout=240,
         )
         if check and proc.returncode != 0:
             raise RuntimeError(f"qdrant.sh {' '.join(args)} failed:\n{proc.stdout}{proc.stderr}")

@@ -157,9 +157,17 @@ start_node() {
 }
 
 wait_ready() {
-  local i="$1" nd http waited=0
+  local i="$1" bin="$2" nd http waited=0 retries=0
   nd="$(node_dir "$i")"; http="$(http_port "$i")"
   until ready "$http"; do
+    if ! running "$i" && (( retries < 45 )) \
+       && tail -n 30 "$nd/qdrant.log" | grep -q "Address already in use"; then
+      # A restart right after a crash: the dead peer's connections hold its ports in
+      # TIME_WAIT for up to a minute, and the server binds without SO_REUSEADDR. Retry.
+      retries=$((retries + 1)); sleep 2
+      start_node "$i" "$bin"
+      continue
+    fi
     if ! running "$i"; then
       tail -n 40 "$nd/qdrant.log" >&2
       rm -f "$nd/qdrant.pid"
@@ -181,9 +189,9 @@ start() {
   local i
   # The bootstrap peer first: the others join through it.
   start_node 1 "$bin"
-  wait_ready 1
+  wait_ready 1 "$bin"
   for (( i = 2; i <= NODES; i++ )); do start_node "$i" "$bin"; done
-  for (( i = 2; i <= NODES; i++ )); do wait_ready "$i"; done
+  for (( i = 2; i <= NODES; i++ )); do wait_ready "$i" "$bin"; done
   echo "http://127.0.0.1:$(http_port 1)" > "$DIR/url"
 }
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -82,7 +83,7 @@ def ingest(
     verbose: bool = False,
 ) -> None:
     """Run the ingest dataflow: change events -> chunks -> embeddings -> the index."""
-    from freshrag.ingest.runner import IngestConfigError, IngestOptions, run_ingest
+    from freshrag.ingest.runner import IngestAborted, IngestConfigError, IngestOptions, run_ingest
 
     _logging(verbose)
     settings = _settings()
@@ -98,6 +99,11 @@ def ingest(
         run_ingest(settings, opts)
     except IngestConfigError as exc:
         raise fail(str(exc)) from None
+    except IngestAborted as exc:  # logged; exit now, whatever thread is stuck on the failure
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(exc.exit_code)
 
 
 @app.command()
@@ -201,9 +207,9 @@ def search(
     """Search the index directly (opens the store: stop `freshrag up` first when on Edge)."""
     from freshrag.core.embedder import Embedder
     from freshrag.core.sparse import Bm25Encoder
-    from freshrag.ingest.runner import open_settings_store
     from freshrag.retrieve.contract import SearchFilter
     from freshrag.retrieve.search import HybridSearcher, SearchRequest, result_table
+    from freshrag.retrieve.stores import open_settings_store
 
     settings = _settings()
     metadata: dict[str, str] = {}

@@ -10,7 +10,8 @@ import threading
 from typing import Any
 
 from freshrag.core.settings import Settings
-from freshrag.ingest.runner import IngestOptions, open_settings_store, prepare_recovery
+from freshrag.ingest.runner import IngestOptions, prepare_recovery
+from freshrag.retrieve.stores import open_settings_store
 
 log = logging.getLogger("freshrag.up")
 

@@ -680,6 +680,11 @@ def test_watermarks_round_trip_on_every_backend(
     store.save_watermarks("documents", {"0": 15, "1": 7})
     assert store.load_watermarks("documents") == {"0": 15, "1": 7}
     assert store.load_watermarks("other") == {"0": 1}
+    # a cluster: each process publishes only the partitions it owns, and never erases others'
+    store.save_watermarks("documents", {"2": 3})
+    store.save_watermarks("documents", {"1": 9})
+    store.save_watermarks("documents", {})
+    assert store.load_watermarks("documents") == {"0": 15, "1": 9, "2": 3}
     assert store.count() == 0  # watermarks never show up as chunks
     if backend == "qdrant_server":
         store.client.delete_collection(f"{store.collection}_watermarks")

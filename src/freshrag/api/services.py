@@ -112,7 +112,7 @@ def build_services(
 
         embedder = Embedder.from_settings(settings)
     if store is None:
-        from freshrag.ingest.runner import open_settings_store
+        from freshrag.retrieve.stores import open_settings_store
 
         store = open_settings_store(settings)
         owned.append(store)

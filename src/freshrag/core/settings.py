@@ -42,6 +42,13 @@ class Settings(BaseSettings):
         "max.message.bytes when freshrag creates it); larger ones are truncated",
     )
     consumer_group: str = Field("freshrag-ingest", min_length=1)
+    cluster_peer_timeout_s: float = Field(
+        30.0,
+        ge=3,
+        le=3600,
+        description="multi-process ingest: a peer process silent this long is taken as dead, "
+        "and this process exits (code 75) so its supervisor restarts the cluster",
+    )
     kafka_fetch_wait_max_ms: int = Field(
         100,
         ge=1,
@@ -58,6 +65,27 @@ class Settings(BaseSettings):
     )
     qdrant_api_key: SecretStr | None = Field(
         None, validation_alias=AliasChoices("FRESHRAG_QDRANT_API_KEY", "QDRANT_API_KEY")
+    )
+    qdrant_shards: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description="shards of a new collection on a Qdrant server; default: 1, or the peer "
+        "count when the server runs in cluster mode",
+    )
+    qdrant_replication_factor: int | None = Field(
+        None,
+        ge=1,
+        le=16,
+        description="copies of each shard on a Qdrant server; default: 1, or min(2, peers) in "
+        "cluster mode, so one peer can die without losing reads or writes",
+    )
+    qdrant_write_consistency: int = Field(
+        1,
+        ge=1,
+        le=16,
+        description="replicas that must acknowledge a write (write_consistency_factor); every "
+        "live replica applies it before the call returns either way",
     )
     index_path: Path = Field(Path(".run/index"), description="Qdrant Edge shard directory")
     collection: str = Field("freshrag", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")

@@ -4,6 +4,7 @@ Kafka ─► parse ─► version gate (per source key, recoverable) ─► embe
       small records: batched (chunk budget / max wait) ─► chunk + embed + write, in the worker
       a large document: chunk + embed + write in a background lane, so small ones pass it
 bad records at any step (parse, chunk, embed, index) ─► DLQ topic with reason headers
+read notices (source) + finished offsets (every outcome) ─► one watermark owner per partition
 """
 
 from __future__ import annotations
@@ -53,7 +54,14 @@ from freshrag.ingest.kafka_io import (
 from freshrag.ingest.lanes import LanePlanner, estimated_chunks, source_keys
 from freshrag.ingest.metrics import IngestMetrics
 from freshrag.ingest.ordering import Applied, gate, next_expiry_ms, prune
-from freshrag.ingest.watermarks import WatermarkTracker
+from freshrag.ingest.watermarks import (
+    Finished,
+    PartitionProgress,
+    Progress,
+    ReadNotice,
+    WatermarkBoard,
+    finished_by_partition,
+)
 from freshrag.retrieve.contract import Store
 
 Bytes = bytes | None
@@ -75,7 +83,7 @@ class FlowParts:
     stop: threading.Event
     mapping: DebeziumMapping = field(default_factory=DebeziumMapping)
     listener: WriteListener | None = None
-    watermarks: WatermarkTracker = field(default_factory=WatermarkTracker)
+    watermarks: WatermarkBoard = field(default_factory=WatermarkBoard)
     workers: int = 1  # bytewax workers in the whole cluster: embedding parallelism follows it
 
 
@@ -108,14 +116,9 @@ def build_flow(parts: FlowParts, flow_id: str = "freshrag-ingest") -> Dataflow:
         layouts=layouts,
     )
     brokers = s.kafka_bootstrap.split(",")
-    tracker = parts.watermarks
 
-    def on_read(topic: str, partition: int, next_offset: int, offsets: list[int]) -> None:
-        metrics.on_read(topic, partition, next_offset, offsets)
-        tracker.read(partition, offsets, next_offset)
-
-    def final(*origins: RecordOrigin) -> None:
-        tracker.done_many((o.partition, o.offset) for o in origins)
+    def final(*origins: RecordOrigin) -> list[Finished]:
+        return finished_by_partition((o.partition, o.offset) for o in origins)
 
     def written(writes: list[IndexWrite]) -> None:
         if parts.listener is not None:
@@ -128,12 +131,15 @@ def build_flow(parts: FlowParts, flow_id: str = "freshrag-ingest") -> Dataflow:
         parts.stop,
         batch_size=s.embed_batch_size * 4,
         add_config={"fetch.wait.max.ms": str(s.kafka_fetch_wait_max_ms)},
-        on_read=on_read,
+        on_read=metrics.on_read,
         on_lost=lambda topic, partition, n: metrics.offsets_lost.labels(topic, str(partition)).inc(
             n
         ),
     )
-    raw = op.input("kafka_in", flow, source)
+    polled = op.input("kafka_in", flow, source)
+    read_split = op.branch("split_read_notices", polled, lambda m: isinstance(m, ReadNotice))
+    read_notices = cast(Stream[Progress], read_split.trues)
+    raw = read_split.falses
     consumed = op.branch("split_consume_errors", raw, lambda m: not hasattr(m, "err"))
     consume_errors = cast(Stream[KafkaError[Bytes, Bytes]], consumed.falses)
     messages = cast(Stream[KafkaSourceMessage[Bytes, Bytes]], consumed.trues)
@@ -153,31 +159,28 @@ def build_flow(parts: FlowParts, flow_id: str = "freshrag-ingest") -> Dataflow:
 
     def on_stale(event: ChangeEvent) -> None:
         metrics.events.labels(_op(event), "stale").inc()
-        final(event.origin)
 
     def build_gate(resume: dict[str, Applied] | None) -> VersionGateLogic:
         metrics.gate_documents.inc()  # a key enters the state; DISCARD takes it out
         return VersionGateLogic(resume, retention_ms, on_stale, metrics.gate_documents.dec)
 
     # one item per record: a record that becomes several events (a tenant move) stays whole,
-    # so it is batched, counted and finalised once
-    gated = op.stateful("source_key_gate", keyed, build_gate)
+    # so it is batched, counted and finalised once; a stale one is finished here
+    gated = op.key_rm("unkey", op.stateful("source_key_gate", keyed, build_gate))
+    gate_split = op.branch("split_stale", gated, lambda r: isinstance(r, Finished))
+    stale_finished = cast(Stream[Progress], gate_split.trues)
     buckets = embed_buckets(parts.workers)
     rebucketed = op.key_on(
         "by_bucket",
-        cast(Stream[Record], op.key_rm("unkey", gated)),
+        cast(Stream[Record], gate_split.falses),
         lambda r: bucket_of(r[0], buckets),
     )
     max_wait = timedelta(milliseconds=s.embed_max_wait_ms)
 
-    def restored(records: list[Record]) -> None:
-        """Records buffered at a crash come back from the snapshot, not from Kafka: they hold
-        the watermark until written, so a consistency token never passes them early."""
-        tracker.restore((e.origin.partition, e.origin.offset) for r in records for e in r)
-
-    def process(records: list[Record]) -> list[DeadLetter]:
-        """Chunk, embed and write one batch; returns what must go to the DLQ. Each record gets
-        one outcome (dead_letter > applied > skipped_indexed > superseded) and is final here."""
+    def process(records: list[Record]) -> list[DeadLetter | Finished]:
+        """Chunk, embed and write one batch; returns what must go to the DLQ, and the offsets
+        final here. Each record gets one outcome (dead_letter > applied > skipped_indexed >
+        superseded) and is finished exactly once: dead ones when they are counted."""
         result = indexer.process([e for record in records for e in record])
         if result.chunks_embedded:
             metrics.embed_batch_size.observe(result.chunks_embedded)
@@ -211,8 +214,8 @@ def build_flow(parts: FlowParts, flow_id: str = "freshrag-ingest") -> Dataflow:
             metrics.events.labels(_op(event), _OUTCOMES[rank]).inc()
             if rank == 2:
                 metrics.freshness_lag.observe(max(0.0, now - event.origin.timestamp_ms / 1000))
-        final(*(e.origin for record in records for e in record))  # dead ones: sent just after
-        return list(dead.values())
+        done = [e.origin for r in records for e in r if _key(e.origin) not in dead]
+        return [*dead.values(), *final(*done)]
 
     background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="freshrag-large-docs")
     drain_deadline: list[float] = []
@@ -226,7 +229,7 @@ def build_flow(parts: FlowParts, flow_id: str = "freshrag-ingest") -> Dataflow:
             drain_deadline.append(time.monotonic() + s.stop_drain_s)
         return time.monotonic() >= drain_deadline[0]
 
-    def process_in_background(records: list[Record]) -> list[DeadLetter]:
+    def process_in_background(records: list[Record]) -> list[DeadLetter | Finished]:
         """The background lane's calls to the model yield to the small batches' ones."""
         lane = getattr(parts.dense, "background_lane", None)
         if lane is None:
@@ -247,7 +250,6 @@ def build_flow(parts: FlowParts, flow_id: str = "freshrag-ingest") -> Dataflow:
             process=process,
             process_in_background=process_in_background,
             background=background,
-            on_restore=restored,
             on_background=metrics.background_records.inc,
             stopping=stopping,
         )
@@ -256,18 +258,30 @@ def build_flow(parts: FlowParts, flow_id: str = "freshrag-ingest") -> Dataflow:
     lanes = op.stateful("embed_batch_buffer", rebucketed, build_lanes)
     batches = op.key_rm("unkey_lanes", lanes)
 
-    process_dlq = cast(
-        Stream[DeadLetter], op.flat_map("chunk_embed_write", batches, lambda dead: dead)
-    )
+    outcomes = op.flat_map("chunk_embed_write", batches, lambda out: out)
+    outcome_split = op.branch("split_finished", outcomes, lambda x: isinstance(x, Finished))
+    written_finished = cast(Stream[Progress], outcome_split.trues)
+    process_dlq = cast(Stream[DeadLetter], outcome_split.falses)
     dead = cast(Stream[DeadLetter], op.merge("dead_letters", consume_dlq, parse_dlq, process_dlq))
 
     def count_dead(d: DeadLetter) -> DeadLetter:
         metrics.dead_letters.labels(d.error_class, d.step).inc()
         metrics.events.labels("unknown", "dead_letter").inc()
-        final(d.origin)
         return d
 
     counted = op.map("count_dead", dead, count_dead)
+    dead_finished = op.flat_map("dead_finished", counted, lambda d: final(d.origin))
+    progress = op.merge("progress", read_notices, stale_finished, written_finished, dead_finished)
+    board = parts.watermarks
+
+    def build_owner(resume: PartitionState | None) -> PartitionWatermarkLogic:
+        return PartitionWatermarkLogic(resume, board.set)
+
+    op.stateful(
+        "partition_watermarks",
+        op.key_on("by_partition", progress, lambda p: str(p.partition)),
+        build_owner,
+    )
     dlq_config = dlq_producer_config(s.dlq_max_message_bytes)
 
     def to_dlq_message(d: DeadLetter) -> KafkaSinkMessage[Bytes, Bytes]:
@@ -281,7 +295,9 @@ def build_flow(parts: FlowParts, flow_id: str = "freshrag-ingest") -> Dataflow:
     return flow
 
 
-class VersionGateLogic(op.StatefulLogic[ChangeEvent, list[ChangeEvent], dict[str, Applied]]):
+class VersionGateLogic(
+    op.StatefulLogic[ChangeEvent, list[ChangeEvent] | Finished, dict[str, Applied]]
+):
     """bytewax state for one source key around the pure `ordering.gate`; it wakes up to forget
     deletes past their retention, so the state holds live documents (plus recent deletes)."""
 
@@ -303,19 +319,20 @@ class VersionGateLogic(op.StatefulLogic[ChangeEvent, list[ChangeEvent], dict[str
             return StatefulLogic.DISCARD
         return StatefulLogic.RETAIN
 
-    def on_item(self, value: ChangeEvent) -> tuple[list[list[ChangeEvent]], bool]:
+    def on_item(self, value: ChangeEvent) -> tuple[list[list[ChangeEvent] | Finished], bool]:
         now = _now_ms()
         state, out = gate(prune(self.state, now, self.retention_ms), value, now)
         self.state = state
         if not out:
             self.on_stale(value)
-        return ([out] if out else []), self._keep()
+            return [Finished(value.origin.partition, (value.origin.offset,))], self._keep()
+        return [out], self._keep()
 
-    def on_notify(self) -> tuple[list[list[ChangeEvent]], bool]:
+    def on_notify(self) -> tuple[list[list[ChangeEvent] | Finished], bool]:
         self.state = prune(self.state, _now_ms(), self.retention_ms)
         return [], self._keep()
 
-    def on_eof(self) -> tuple[list[list[ChangeEvent]], bool]:
+    def on_eof(self) -> tuple[list[list[ChangeEvent] | Finished], bool]:
         return [], self._keep()
 
     def notify_at(self) -> datetime | None:
@@ -327,6 +344,7 @@ class VersionGateLogic(op.StatefulLogic[ChangeEvent, list[ChangeEvent], dict[str
 
 
 Record = list[ChangeEvent]  # what one Kafka record became after the gate
+LaneOutput = DeadLetter | Finished  # a dead letter, or offsets made final
 # (small records waiting, their flush deadline in epoch seconds, large records not yet written)
 LaneState = tuple[list[Record], float | None, list[Record]]
 BACKGROUND_POLL_S = 0.02
@@ -336,15 +354,15 @@ BACKGROUND_POLL_S = 0.02
 class _Job:
     record: Record
     keys: set[str]
-    future: Future[list[DeadLetter]]
+    future: Future[list[LaneOutput]]
 
 
-class EmbedLanesLogic(op.StatefulLogic[Record, list[DeadLetter], LaneState]):
+class EmbedLanesLogic(op.StatefulLogic[Record, list[LaneOutput], LaneState]):
     """One bucket's two lanes (see `lanes`). Small records are buffered like `op.collect`
     (emitted at `batch_chunks` estimated chunks or `max_wait` after the first) and processed
     here; a large document goes to the `background` executor, polled every 20 ms. Both are in
     the snapshot until written, so a crash replays them and they hold the watermark meanwhile.
-    Emits the dead letters of what it processed."""
+    Emits the dead letters of what it processed and the offsets it made final."""
 
     def __init__(
         self,
@@ -354,10 +372,10 @@ class EmbedLanesLogic(op.StatefulLogic[Record, list[DeadLetter], LaneState]):
         batch_chunks: int,
         background_min_chunks: int,
         estimate: Callable[[Record], int],
-        process: Callable[[list[Record]], list[DeadLetter]],
+        process: Callable[[list[Record]], list[LaneOutput]],
         background: Executor,
-        process_in_background: Callable[[list[Record]], list[DeadLetter]] | None = None,
-        on_restore: Callable[[list[Record]], None],
+        process_in_background: Callable[[list[Record]], list[LaneOutput]] | None = None,
+        on_restore: Callable[[list[Record]], None] = lambda _records: None,
         on_background: Callable[[], None] = lambda: None,
         stopping: Callable[[], bool] = lambda: False,
     ) -> None:
@@ -390,7 +408,7 @@ class EmbedLanesLogic(op.StatefulLogic[Record, list[DeadLetter], LaneState]):
         self.small_chunks += self.estimate(record)
         self.planner.add_small(keys)
 
-    def _flush_small(self) -> list[DeadLetter]:
+    def _flush_small(self) -> list[LaneOutput]:
         if self.stopping():
             return []  # left in the snapshot: the next start writes it
         batch, self.small, self.small_chunks, self.deadline = self.small, [], 0, None
@@ -404,10 +422,10 @@ class EmbedLanesLogic(op.StatefulLogic[Record, list[DeadLetter], LaneState]):
             _Job(record, keys, self.background.submit(self.process_in_background, [record]))
         )
 
-    def _reap(self, wait: bool = False) -> list[DeadLetter]:
+    def _reap(self, wait: bool = False) -> list[LaneOutput]:
         """Dead letters of finished background jobs, in submission order. A job that failed
         (the store stayed unavailable) fails the flow here, loudly, like a small batch would."""
-        out: list[DeadLetter] = []
+        out: list[LaneOutput] = []
         while self.jobs:
             job = self.jobs[0]
             if not job.future.done():
@@ -435,11 +453,11 @@ class EmbedLanesLogic(op.StatefulLogic[Record, list[DeadLetter], LaneState]):
             self.planner.background_done(job.keys)
         return out
 
-    def _emit(self, out: list[DeadLetter]) -> tuple[list[list[DeadLetter]], bool]:
+    def _emit(self, out: list[LaneOutput]) -> tuple[list[list[LaneOutput]], bool]:
         keep = StatefulLogic.RETAIN if self.small or self.jobs else StatefulLogic.DISCARD
         return ([out] if out else []), keep
 
-    def on_item(self, value: Record) -> tuple[list[list[DeadLetter]], bool]:
+    def on_item(self, value: Record) -> tuple[list[list[LaneOutput]], bool]:
         out = self._reap()
         keys = source_keys(value)
         chunks = self.estimate(value)
@@ -454,13 +472,13 @@ class EmbedLanesLogic(op.StatefulLogic[Record, list[DeadLetter], LaneState]):
             self._submit(value, keys)
         return self._emit(out)
 
-    def on_notify(self) -> tuple[list[list[DeadLetter]], bool]:
+    def on_notify(self) -> tuple[list[list[LaneOutput]], bool]:
         out = self._reap()
         if self.small and (self.deadline is None or time.time() >= self.deadline):
             out.extend(self._flush_small())
         return self._emit(out)
 
-    def on_eof(self) -> tuple[list[list[DeadLetter]], bool]:
+    def on_eof(self) -> tuple[list[list[LaneOutput]], bool]:
         out = self._flush_small()
         out.extend(self._reap(wait=True))
         return self._emit(out)
@@ -496,3 +514,34 @@ def _now_ms() -> int:
 
 def _op(event: Any) -> str:
     return "delete" if isinstance(event, Delete) else "upsert"
+
+
+PartitionState = tuple[int, list[int], list[int]]
+
+
+class PartitionWatermarkLogic(op.StatefulLogic[Progress, None, PartitionState]):
+    """The one owner of a partition's watermark in the whole cluster (see `watermarks`): folds
+    read notices and finished offsets, and publishes the watermark to this process's board.
+    Its state is snapshotted with the rest, so a restart resumes it consistently."""
+
+    def __init__(self, resume: PartitionState | None, publish: Callable[[int, int], None]):
+        self.progress = PartitionProgress.from_state(resume)
+        self.publish = publish
+        self.partition: int | None = None
+        self.published: int | None = None
+
+    def on_item(self, value: Progress) -> tuple[list[None], bool]:
+        self.partition = value.partition
+        self.progress.apply(value)
+        mark = self.progress.watermark()
+        if mark != self.published:
+            self.publish(value.partition, mark)
+            self.published = mark
+        return [], StatefulLogic.RETAIN
+
+    def snapshot(self) -> PartitionState:
+        return self.progress.to_state()
+
+
+def _key(origin: RecordOrigin) -> tuple[int, int]:
+    return (origin.partition, origin.offset)

@@ -20,6 +20,7 @@ from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
 from freshrag.ingest.dlq import DEFAULT_DLQ_MAX_MESSAGE_BYTES, fit_dead_letter
 from freshrag.ingest.events import DeadLetter, RawRecord, RecordOrigin
+from freshrag.ingest.watermarks import ReadNotice
 
 log = logging.getLogger("freshrag.ingest.kafka")
 IDLE_POLL = timedelta(milliseconds=20)
@@ -48,6 +49,7 @@ class _StoppablePartition(StatefulSourcePartition[Any, Any]):
         self._partition = partition
         self._on_read = on_read
         self._awake: datetime | None = None
+        self._notified: int | None = None
 
     def check_resume(self, resume_offset: int | None, on_lost: LostListener | None) -> None:
         """A recovery offset below the log start means records were deleted unread (retention
@@ -96,11 +98,15 @@ class _StoppablePartition(StatefulSourcePartition[Any, Any]):
         batch = [self._placed(item) for item in self._inner.next_batch()]
         batch = [item for item in batch if item is not None]
         self._awake = None if batch else datetime.now(UTC) + IDLE_POLL
-        if self._on_read is not None:
-            position = self._inner.snapshot()
-            if isinstance(position, int) and position >= 0:
-                offsets = [_offset_of(item) for item in batch]
+        position = self._inner.snapshot()
+        if isinstance(position, int) and position >= 0:
+            offsets = [_offset_of(item) for item in batch]
+            if self._on_read is not None:
                 self._on_read(self._topic, self._partition, position, offsets)
+            if offsets or position != self._notified:
+                # in-band, so the partition's watermark owner learns it through the dataflow
+                batch.append(ReadNotice(self._partition, tuple(offsets), position))
+                self._notified = position
         return batch
 
     def _placed(self, item: Any) -> Any:

@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -16,11 +17,12 @@ from types import FrameType
 from freshrag.core.embedder import Embedder
 from freshrag.core.settings import Settings
 from freshrag.core.sparse import Bm25Encoder
+from freshrag.ingest.cluster import PEER_LOST_EXIT, PeerWatch
 from freshrag.ingest.flow import FlowParts, build_flow
 from freshrag.ingest.kafka_io import dlq_topic_config, ensure_topics
 from freshrag.ingest.metrics import IngestMetrics
 from freshrag.retrieve.contract import Store
-from freshrag.retrieve.stores import open_store
+from freshrag.retrieve.stores import open_settings_store
 
 log = logging.getLogger("freshrag.ingest")
 
@@ -40,6 +42,15 @@ class IngestOptions:
 
 class IngestConfigError(ValueError):
     pass
+
+
+class IngestAborted(RuntimeError):
+    """The flow failed (logged already). The process must exit with `exit_code` at once: a
+    thread stuck on the failed dependency must not hold the exit (a stall, for a supervisor)."""
+
+    def __init__(self, exit_code: int) -> None:
+        super().__init__(f"ingest aborted (exit code {exit_code})")
+        self.exit_code = exit_code
 
 
 def check_options(settings: Settings, opts: IngestOptions) -> None:
@@ -66,6 +77,9 @@ def prepare_recovery(opts: IngestOptions) -> object | None:
 
     target = opts.recovery_dir
     target.mkdir(parents=True, exist_ok=True)
+    if opts.process_id and opts.addresses and len(opts.addresses) > 1:
+        _wait_for_recovery(target, opts.recovery_partitions)  # process 0 initialises it
+        return RecoveryConfig(target)
     existing = sorted(target.glob("*.sqlite3"))
     if existing and not all(_is_recovery_partition(f) for f in existing):
         log.warning("recovery partitions in %s are half-initialised: rebuilding them", target)
@@ -73,7 +87,7 @@ def prepare_recovery(opts: IngestOptions) -> object | None:
             f.unlink()
         existing = []
     if not existing:
-        scratch = target / ".init"
+        scratch = target / f".init-{os.getpid()}"
         shutil.rmtree(scratch, ignore_errors=True)
         scratch.mkdir()
         init_db_dir(scratch, opts.recovery_partitions)
@@ -81,6 +95,23 @@ def prepare_recovery(opts: IngestOptions) -> object | None:
             os.replace(f, target / f.name)
         shutil.rmtree(scratch, ignore_errors=True)
     return RecoveryConfig(target)
+
+
+def _wait_for_recovery(target: Path, partitions: int, timeout_s: float = 300.0) -> None:
+    """The other processes of a cluster share process 0's recovery directory: wait for it
+    to finish initialising it rather than racing it."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = sorted(target.glob("*.sqlite3"))
+        if len(found) >= partitions and all(_is_recovery_partition(f) for f in found):
+            return
+        if time.monotonic() > deadline:
+            raise IngestConfigError(
+                f"recovery directory {target} holds no complete bytewax partitions after "
+                f"{timeout_s:.0f} s: process 0 initialises it, and every process of the "
+                "cluster must see the same directory"
+            )
+        time.sleep(0.5)
 
 
 def _is_recovery_partition(path: Path) -> bool:
@@ -92,17 +123,6 @@ def _is_recovery_partition(path: Path) -> bool:
             return bool(db.execute("SELECT count(*) FROM parts").fetchone()[0])
     except sqlite3.Error:
         return False
-
-
-def open_settings_store(settings: Settings) -> Store:
-    store = open_store(
-        settings.qdrant_url,
-        settings.index_path,
-        settings.collection,
-        api_key=settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None,
-    )
-    store.ensure_collection()
-    return store
 
 
 class WatermarkPublisher:
@@ -140,6 +160,21 @@ class WatermarkPublisher:
             self._publish()
         except Exception as exc:  # must not mask why the flow stopped (store down, say)
             log.warning("final watermark publish failed: %s", exc)
+
+
+def _peer_connection_failed(exc: BaseException) -> bool:
+    """timely's send/receive threads panic when a peer process's connection breaks."""
+    seen: BaseException | None = exc
+    for _ in range(6):
+        if seen is None:
+            return False
+        text = str(seen)
+        if type(seen).__name__ == "PanicException" and (
+            "Send thread" in text or "Recv thread" in text or "connection" in text.lower()
+        ):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _causes(exc: BaseException) -> str:
@@ -183,10 +218,13 @@ def run_ingest(settings: Settings, opts: IngestOptions) -> None:
         settings, store, embedder, Bm25Encoder(), metrics, stop, workers=opts.workers * processes
     )
     publisher = WatermarkPublisher(store, settings.topic, parts.watermarks.snapshot)
+    peers = _peer_watch(settings, opts, store, stop)
     try:
         flow = build_flow(parts)
         recovery = prepare_recovery(opts)
         publisher.start()
+        if peers is not None:
+            peers.start()
         log.info(
             "ingest: topic %s -> %s, %d worker(s), recovery %s",
             settings.topic,
@@ -203,9 +241,50 @@ def run_ingest(settings: Settings, opts: IngestOptions) -> None:
             recovery_config=recovery,
         )
     except BaseException as exc:
+        stop.set()  # the background lane and the retry loops stop taking work
+        if peers is not None and _peer_connection_failed(exc):
+            log.error(
+                "ingest cluster broken: a connection to a peer process failed (%s); exiting "
+                "with code %d so the supervisor restarts this process",
+                _causes(exc),
+                PEER_LOST_EXIT,
+            )
+            raise IngestAborted(PEER_LOST_EXIT) from exc
         log.error("ingest failed: %s", _causes(exc))
-        raise
+        raise IngestAborted(1) from exc
     finally:
+        if peers is not None:
+            peers.stop()
         publisher.stop()
         store.close()
     log.info("ingest stopped cleanly")
+
+
+def _peer_watch(
+    settings: Settings, opts: IngestOptions, store: Store, stop: threading.Event
+) -> PeerWatch | None:
+    """In a multi-process cluster: heartbeats through the store, and an exit (for the
+    supervisor to restart us) when a peer dies, instead of stalling forever (see `cluster`)."""
+    if not opts.addresses or len(opts.addresses) < 2:
+        return None
+    channel = f"{settings.topic}#cluster-peers"
+
+    def lost(reason: str) -> None:
+        log.error(
+            "ingest cluster broken: %s; exiting with code %d so the supervisor restarts this "
+            "process, which resumes from the last snapshot",
+            reason,
+            PEER_LOST_EXIT,
+        )
+        logging.shutdown()
+        os._exit(PEER_LOST_EXIT)
+
+    return PeerWatch(
+        opts.process_id or 0,
+        len(opts.addresses),
+        save=lambda beat: store.save_watermarks(channel, beat),
+        load=lambda: store.load_watermarks(channel),
+        on_lost=lost,
+        timeout_s=settings.cluster_peer_timeout_s,
+        stop=stop,
+    )

@@ -183,7 +183,9 @@ class Store(Protocol):
     def query_sparse(self, vector: SparseVector, flt: SearchFilter, limit: int) -> list[Hit]: ...
 
     def save_watermarks(self, topic: str, watermarks: Mapping[str, int]) -> None:
-        """Publish the flow's indexed watermarks ({partition: offset}) for API readers."""
+        """Publish indexed watermarks ({partition: offset}) for API readers. Merged per
+        partition: partitions the call does not name keep their last published value (in a
+        cluster each process publishes the partitions whose watermark it owns)."""
 
     def load_watermarks(self, topic: str) -> dict[str, int]:
         """The last published watermarks of `topic` ({} when none)."""

@@ -739,10 +739,12 @@ class EdgeStore:
         return self.path / f"{self.collection}.watermarks.{safe}.json"
 
     def save_watermarks(self, topic: str, watermarks: Mapping[str, int]) -> None:
+        """Merged per partition, like the server: a save names only the partitions it owns."""
         target = self._watermark_file(topic)
         target.parent.mkdir(parents=True, exist_ok=True)
+        merged = {**self.load_watermarks(topic), **{str(k): int(v) for k, v in watermarks.items()}}
         tmp = target.with_suffix(".tmp")
-        tmp.write_text(json.dumps(dict(watermarks)))
+        tmp.write_text(json.dumps(merged))
         os.replace(tmp, target)
 
     def load_watermarks(self, topic: str) -> dict[str, int]:

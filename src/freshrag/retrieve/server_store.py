@@ -9,9 +9,12 @@ from __future__ import annotations
 import uuid
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from qdrant_client import QdrantClient, models
+from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential
 
 from freshrag.retrieve.contract import (
     DEFAULT_COLLECTION,
@@ -61,6 +64,13 @@ def _index_data_type(kind: str) -> models.PayloadSchemaType:
     return models.PayloadSchemaType(kind)
 
 
+def _transient(exc: BaseException) -> bool:
+    """A server error or no answer: worth retrying while a deployment starts."""
+    if isinstance(exc, UnexpectedResponse):
+        return exc.status_code is not None and exc.status_code >= 500
+    return isinstance(exc, ResponseHandlingException | ConnectionError | TimeoutError)
+
+
 def _match(key: str, value: str | int | bool) -> models.FieldCondition:
     return models.FieldCondition(key=key, match=models.MatchValue(value=value))
 
@@ -99,52 +109,140 @@ def build_filter(flt: SearchFilter) -> models.Filter:
     return models.Filter(must=must)
 
 
+@dataclass(frozen=True)
+class ClusterLayout:
+    """How a new collection is spread over a Qdrant cluster (None: chosen from the peers)."""
+
+    shards: int | None = None
+    replication_factor: int | None = None
+    write_consistency: int = 1
+
+    def is_default(self) -> bool:
+        return self == ClusterLayout()
+
+
 class QdrantServerStore:
     """Contract store on one collection of a Qdrant server."""
 
     def save_watermarks(self, topic: str, watermarks: Mapping[str, int]) -> None:
-        """One vector-less point per topic in `<collection>_watermarks`."""
+        """One vector-less point per (topic, partition) in `<collection>_watermarks`: in a
+        cluster each process publishes the partitions it owns, and never overwrites others'."""
+        if not watermarks:
+            return
         name = f"{self.collection}_watermarks"
         if not self.client.collection_exists(name):
-            self.client.create_collection(name, vectors_config={})
-        point = models.PointStruct(
-            id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"watermarks/{topic}")),
-            vector={},
-            payload={"topic": topic, "partitions": dict(watermarks)},
-        )
-        self.client.upsert(name, points=[point], wait=True)
+            try:
+                shard_number, replicas, consistency = self._layout(shards=1)
+                self.client.create_collection(
+                    name,
+                    vectors_config={},
+                    shard_number=shard_number,
+                    replication_factor=replicas,
+                    write_consistency_factor=consistency,
+                )
+            except Exception:
+                if not self.client.collection_exists(name):  # else: another process made it
+                    raise
+        points = [
+            models.PointStruct(
+                id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"watermarks/{topic}/{partition}")),
+                vector={},
+                payload={"topic": topic, "partition": str(partition), "offset": int(offset)},
+            )
+            for partition, offset in watermarks.items()
+        ]
+        self.client.upsert(name, points=points, wait=True)
 
     def load_watermarks(self, topic: str) -> dict[str, int]:
         name = f"{self.collection}_watermarks"
         if not self.client.collection_exists(name):
             return {}
-        records = self.client.retrieve(
-            name, [str(uuid.uuid5(uuid.NAMESPACE_URL, f"watermarks/{topic}"))], with_payload=True
-        )
-        if not records or not records[0].payload:
-            return {}
-        partitions = records[0].payload.get("partitions") or {}
-        return {str(k): int(v) for k, v in partitions.items()}
+        out: dict[str, int] = {}
+        legacy: dict[str, int] = {}  # one point per topic, as published before clusters
+        offset: Any = None
+        while True:
+            records, offset = self.client.scroll(
+                name,
+                scroll_filter=models.Filter(must=[_match("topic", topic)]),
+                limit=SCROLL_PAGE,
+                offset=offset,
+                with_payload=True,
+            )
+            for record in records:
+                payload = record.payload or {}
+                if "partition" in payload:
+                    out[str(payload["partition"])] = int(payload["offset"])
+                for k, v in (payload.get("partitions") or {}).items():
+                    legacy[str(k)] = int(v)
+            if offset is None:
+                return {**legacy, **out}
 
-    def __init__(self, client: QdrantClient, collection: str = DEFAULT_COLLECTION) -> None:
+    def __init__(
+        self,
+        client: QdrantClient,
+        collection: str = DEFAULT_COLLECTION,
+        layout: ClusterLayout | None = None,
+    ) -> None:
         self.client = client
         self.collection = collection
+        self.layout = layout or ClusterLayout()
 
     @classmethod
     def from_url(
-        cls, url: str, api_key: str | None = None, collection: str = DEFAULT_COLLECTION
+        cls,
+        url: str,
+        api_key: str | None = None,
+        collection: str = DEFAULT_COLLECTION,
+        layout: ClusterLayout | None = None,
     ) -> QdrantServerStore:
         """A store on a remote server. No client/server version check: the index contract uses
         only long-stable APIs, and qdrant-client warns on every minor-version gap."""
-        return cls(QdrantClient(url=url, api_key=api_key, check_compatibility=False), collection)
+        client = QdrantClient(url=url, api_key=api_key, check_compatibility=False)
+        return cls(client, collection, layout)
 
-    # -- lifecycle ---------------------------------------------------------------------------
+    def cluster_peers(self) -> int:
+        """Peers of the server's Raft cluster; 0 when it runs standalone (or is `:memory:`)."""
+        try:
+            status = self.client.http.distributed_api.cluster_status().result
+        except Exception:  # local mode has no HTTP API; a standalone server says "disabled"
+            return 0
+        peers = getattr(status, "peers", None)
+        return len(peers) if peers else 0
 
-    def ensure_collection(self) -> None:
-        """Create the collection with its payload indexes, or verify an existing one."""
+    def _layout(self, shards: int | None = None) -> tuple[int | None, int | None, int | None]:
+        """(shards, replicas, write consistency) of a new collection: as configured, else one
+        shard per peer and two copies of each when the server runs as a cluster; None: the
+        server's default."""
+        peers = self.cluster_peers()
+        if peers <= 1 and self.layout.is_default():
+            return None, None, None
+        replicas = self.layout.replication_factor or min(2, max(1, peers))
+        return (
+            shards or self.layout.shards or max(1, peers),
+            replicas,
+            min(self.layout.write_consistency, replicas),
+        )
+
+    def ensure_collection(self, settle_s: float = 120.0) -> None:
+        """Create the collection with its payload indexes, or verify an existing one.
+
+        Processes of a deployment start together: a collection another one has just created
+        can answer 5xx for a moment on a cluster (its shards are still being placed), and a
+        peer can still be starting. Such errors are retried for `settle_s`; a contract
+        mismatch is not."""
+        retrying = Retrying(
+            retry=retry_if_exception(_transient),
+            wait=wait_exponential(multiplier=0.2, max=3),
+            stop=stop_after_delay(settle_s),
+            reraise=True,
+        )
+        retrying(self._ensure_collection_once)
+
+    def _ensure_collection_once(self) -> None:
         if self.client.collection_exists(self.collection):
             self._verify(self.client.get_collection(self.collection))
         else:
+            shard_number, replicas, consistency = self._layout()
             try:
                 self.client.create_collection(
                     self.collection,
@@ -156,6 +254,9 @@ class QdrantServerStore:
                     sparse_vectors_config={
                         SPARSE_VECTOR: models.SparseVectorParams(modifier=models.Modifier.IDF)
                     },
+                    shard_number=shard_number,
+                    replication_factor=replicas,
+                    write_consistency_factor=consistency,
                 )
             except Exception:
                 # Another process may have created it first: fine if it matches the contract.

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from freshrag.core.settings import Settings
 from freshrag.retrieve.contract import (
     DEFAULT_COLLECTION,
     ChunkLayout,
@@ -26,6 +27,10 @@ def open_store(
     index_path: Path,
     collection: str = DEFAULT_COLLECTION,
     api_key: str | None = None,
+    *,
+    shards: int | None = None,
+    replication_factor: int | None = None,
+    write_consistency: int = 1,
 ) -> Store:
     """Qdrant server when a URL is configured, else the embedded Edge shard under `index_path`.
 
@@ -33,12 +38,28 @@ def open_store(
     lazily on first use).
     """
     if qdrant_url:
-        from freshrag.retrieve.server_store import QdrantServerStore
+        from freshrag.retrieve.server_store import ClusterLayout, QdrantServerStore
 
-        return QdrantServerStore.from_url(qdrant_url, api_key=api_key, collection=collection)
+        layout = ClusterLayout(shards, replication_factor, write_consistency)
+        return QdrantServerStore.from_url(qdrant_url, api_key, collection, layout)
     from freshrag.retrieve.edge_store import EdgeStore
 
     return EdgeStore(Path(index_path), collection=collection)
+
+
+def open_settings_store(settings: Settings) -> Store:
+    """The store the settings name, with its collection created (or checked)."""
+    store = open_store(
+        settings.qdrant_url,
+        settings.index_path,
+        settings.collection,
+        api_key=settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None,
+        shards=settings.qdrant_shards,
+        replication_factor=settings.qdrant_replication_factor,
+        write_consistency=settings.qdrant_write_consistency,
+    )
+    store.ensure_collection()
+    return store
 
 
 def hit_order(hit: Hit) -> tuple[float, str]:
