@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -73,7 +74,7 @@ def stack(
     from confluent_kafka.admin import AdminClient, NewTopic
 
     tmp = tmp_path_factory.mktemp("api")
-    topic = f"api-{tmp.name}"
+    topic = f"api-{tmp.name}-{uuid.uuid4().hex[:8]}"  # unique on a reused broker
     admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
     admin.create_topics([NewTopic(topic, 2)])[topic].result(30)
     settings = load_settings(

@@ -22,7 +22,8 @@ from freshrag.core.settings import Settings
 from freshrag.generate.answer import AnswerDelta, AnswerDone, Answerer
 from freshrag.generate.citations import strip_markers
 from freshrag.generate.llm import LLMClient, LLMError, LLMUnavailable, redact_url
-from freshrag.generate.prompt import ChatMessage, PromptSettings, Source
+from freshrag.generate.prompt import ChatMessage, PromptSettings
+from freshrag.generate.sources import Source
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration

@@ -4,6 +4,7 @@ headless Chromium (Playwright), all on real Kafka, the real embedder and the rea
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -159,8 +160,11 @@ def test_web_page_add_document_and_get_cited_answer(up: UpProcess) -> None:
         cite = page.locator("#citations .cite").first
         expect(cite).to_contain_text("Zephyr-9 drone specification", timeout=90_000)
         expect(cite).to_contain_text("v")
+        # the grounding guard's verdict is shown, and whatever it chose states the right fact
+        kind = page.locator("#answerType .badge")
+        expect(kind).to_have_attribute("data-type", re.compile("^(generated|extractive)$"))
         answer = page.locator("#answer").inner_text()
-        assert answer.strip()
+        assert "47" in answer and "7.1" not in answer, answer
         page.screenshot(path=str(ARTIFACTS / "web-cited-answer.png"), full_page=True)
         browser.close()
 

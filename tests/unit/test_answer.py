@@ -15,7 +15,8 @@ from freshrag.generate.answer import (
     AnswerEvent,
     AnswerStart,
 )
-from freshrag.generate.prompt import ChatMessage, PromptSettings, Source
+from freshrag.generate.prompt import ChatMessage, PromptSettings
+from freshrag.generate.sources import Source
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,7 @@ def source(i: int, score: float) -> Source:
         version=i,
         updated_at="2026-11-28T12:00:00+00:00",
         chunk_index=0,
-        text=f"Fact number {i}.",
+        text=f"Fact number {i}: refunds take 30 days.",  # what FakeLLM says, so it is grounded
         score=score,
     )
 
@@ -99,7 +100,7 @@ def test_threshold_is_inclusive_and_filters_the_prompt() -> None:
     # [2] now means kb-3, the second source the model saw.
     assert [(c.number, c.doc_id) for c in answer.citations] == [(1, "kb-1"), (2, "kb-3")]
     user = llm.calls[0][1][-1]["content"]
-    assert "Fact number 2." not in user and "Fact number 3." in user
+    assert "Fact number 2:" not in user and "Fact number 3:" in user
 
 
 def test_answer_calls_llm_with_prompt_and_returns_valid_citations() -> None:

@@ -14,7 +14,7 @@ from freshrag.generate.citations import (
     strip_invalid_markers,
     strip_markers,
 )
-from freshrag.generate.prompt import Source
+from freshrag.generate.sources import Source
 
 SOURCES = [
     Source(
@@ -131,7 +131,7 @@ def test_clean_stream_generator() -> None:
 
 def test_attribution_cites_the_supporting_source_only() -> None:
     from freshrag.generate.citations import attribute, extract_citations
-    from freshrag.generate.prompt import Source
+    from freshrag.generate.sources import Source
 
     sources = [
         Source("refunds", "Refund policy", None, 1, None, 0, "Return hardware within 30 days."),

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from freshrag.api.auth import Caller
 from freshrag.api.schemas import Filters, HitOut, IndexInfo
 from freshrag.api.services import Services
-from freshrag.generate.prompt import Source
+from freshrag.generate.sources import Source
 from freshrag.retrieve.contract import Hit, SearchFilter, Store
 from freshrag.retrieve.search import SearchHit, SearchRequest
 

@@ -51,6 +51,12 @@ class ApiMetrics:
         self.llm_errors = Counter(
             "freshrag_llm_errors", "LLM calls that failed after retries", registry=r
         )
+        self.answers = Counter(
+            "freshrag_answers",
+            "Chat answers by how they were made (the grounding guard's decision)",
+            ["type"],
+            registry=r,
+        )
 
 
 @dataclass
@@ -129,6 +135,7 @@ def build_services(
             context_window=settings.llm_context_window, answer_tokens=settings.chat_max_tokens
         ),
         min_score=settings.chat_min_score,
+        retry_ungrounded=settings.grounding_retry,
     )
     searcher = HybridSearcher(store, embedder, Bm25Encoder())
     if watermarks is None:  # a separate ingest process publishes them through the store

@@ -184,6 +184,12 @@ class Settings(BaseSettings):
     auth_enabled: bool = Field(True, description="false only for local demos; logs a warning")
     cors_origins: list[str] = Field(default_factory=list)
     chat_top_k: int = Field(5, ge=1, le=20, description="sources retrieved for a chat answer")
+    grounding_retry: bool = Field(
+        True,
+        description="an answer whose numbers, dates or names are not in its sources is retried "
+        "once with a stricter prompt before the extractive fallback (one more LLM call, only "
+        "for those answers)",
+    )
     chat_min_score: float = Field(
         0.25, ge=-1, le=1, description="min cosine of the best source, else 'not covered'"
     )

@@ -17,14 +17,13 @@ from freshrag.generate.answer import (
 from freshrag.generate.citations import Citation, CitationStream, extract_citations
 from freshrag.generate.prompt import (
     ChatMessage,
-    NumberedSource,
     Prompt,
     PromptSettings,
     PromptTooLarge,
-    Source,
     build_prompt,
     split_conversation,
 )
+from freshrag.generate.sources import NumberedSource, Source
 
 __all__ = [
     "REFUSAL",

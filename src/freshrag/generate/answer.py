@@ -8,22 +8,27 @@ answers anyway; refusing up front is cheaper and never hallucinates.
 from __future__ import annotations
 
 from collections.abc import Generator, Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, replace
+from typing import Literal, Protocol
 
 from freshrag.generate.citations import Citation, CitationStream, attribute, extract_citations
+from freshrag.generate.grounding import SentenceCheck, check_grounding, extractive_answer
 from freshrag.generate.prompt import (
     ChatMessage,
-    NumberedSource,
     Prompt,
     PromptSettings,
-    Source,
     TokenCounter,
     approx_tokens,
     build_prompt,
 )
+from freshrag.generate.sources import NumberedSource, Source
 
 REFUSAL = "The indexed sources do not cover this question."
+UNVERIFIED_WARNING = (
+    "Not verified: some numbers, dates or names in this answer are not in its sources."
+)
+AnswerType = Literal["generated", "extractive", "raw", "refusal"]
+OnUngrounded = Literal["extractive", "raw"]
 
 
 class CompletionLike(Protocol):
@@ -49,6 +54,13 @@ class Answer:
     refused: bool = False
     prompt_tokens: int = 0
     citations_inferred: bool = False  # the model wrote no markers; see citations.attribute
+    # The grounding guard (see `grounding`): is the presented text backed by its sources, how
+    # it was made, and the model's sentences that were not (why it is extractive or raw).
+    grounded: bool = True
+    answer_type: AnswerType = "generated"
+    unsupported: tuple[SentenceCheck, ...] = ()
+    retried: bool = False
+    warning: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,9 +80,11 @@ class AnswerDelta:
 
 @dataclass(frozen=True, slots=True)
 class AnswerDone:
-    """Last stream event: the complete answer with its citations."""
+    """Last stream event: the complete answer with its citations. `replaced`: the streamed
+    text failed the grounding guard and `answer.text` replaces it."""
 
     answer: Answer
+    replaced: bool = False
 
 
 AnswerEvent = AnswerStart | AnswerDelta | AnswerDone
@@ -90,11 +104,13 @@ class Answerer:
         settings: PromptSettings | None = None,
         min_score: float = 0.0,
         count_tokens: TokenCounter = approx_tokens,
+        retry_ungrounded: bool = True,
     ) -> None:
         self.llm = llm
         self.settings = settings or PromptSettings()
         self.min_score = min_score
         self.count_tokens = count_tokens
+        self.retry_ungrounded = retry_ungrounded
 
     def relevant(self, sources: Sequence[Source]) -> list[Source]:
         """Sources at or above the threshold, rank order kept."""
@@ -125,21 +141,84 @@ class Answerer:
         question: str,
         sources: Sequence[Source],
         history: Sequence[Mapping[str, str]] = (),
+        on_ungrounded: OnUngrounded = "extractive",
     ) -> Answer:
         """Blocking answer. LLM errors (generate.llm.LLMError) propagate to the caller."""
         prompt = self.prepare(question, sources, history)
         if prompt is None:
             return refusal()
+        text = self._complete(prompt)
+        return self.guard(question, prompt, text, history, on_ungrounded)
+
+    def _complete(self, prompt: Prompt) -> str:
         completion = self.llm.complete(prompt.messages, prompt.max_tokens)
         cleaner = CitationStream(len(prompt.sources))
-        text = (cleaner.feed(completion.text) + cleaner.finish()).strip()
-        return _final(text, prompt)
+        return (cleaner.feed(completion.text) + cleaner.finish()).strip()
+
+    def guard(
+        self,
+        question: str,
+        prompt: Prompt,
+        text: str,
+        history: Sequence[Mapping[str, str]] = (),
+        on_ungrounded: OnUngrounded = "extractive",
+    ) -> Answer:
+        """The grounding guard around a generated text: keep it when every checkable claim is
+        in its sources; else retry once with the strict prompt; else the extractive answer (or
+        the raw text, flagged, when the caller asked for it)."""
+        draft = _final(text, prompt)
+        check = check_grounding(draft.text, prompt.cited_sources, question)
+        if check.grounded:
+            return draft
+        retried = False
+        if self.retry_ungrounded:
+            strict = build_prompt(
+                question,
+                prompt.cited_sources,
+                history,
+                self.settings,
+                self.count_tokens,
+                strict=True,
+            )
+            if strict.sources:
+                retried = True
+                try:
+                    second = _final(self._complete(strict), strict)
+                except Exception:
+                    second = None
+                if second is not None:
+                    again = check_grounding(second.text, strict.cited_sources, question)
+                    if again.grounded:
+                        return replace(second, retried=True)
+        if on_ungrounded == "raw":
+            return replace(
+                draft,
+                grounded=False,
+                answer_type="raw",
+                unsupported=check.unsupported,
+                retried=retried,
+                warning=UNVERIFIED_WARNING,
+            )
+        quoted = extractive_answer(question, prompt.cited_sources)
+        if not quoted:
+            return replace(refusal(), unsupported=check.unsupported, retried=retried)
+        return Answer(
+            text=quoted,
+            citations=tuple(extract_citations(quoted, prompt.cited_sources)),
+            sources_used=prompt.sources,
+            prompt_tokens=prompt.prompt_tokens,
+            grounded=True,
+            answer_type="extractive",
+            unsupported=check.unsupported,
+            retried=retried,
+        )
 
     def stream_answer(
         self,
         question: str,
         sources: Sequence[Source],
         history: Sequence[Mapping[str, str]] = (),
+        on_ungrounded: OnUngrounded = "extractive",
     ) -> Generator[AnswerEvent, None, None]:
         """AnswerStart, then AnswerDelta per cleaned token piece, then AnswerDone.
 
@@ -171,12 +250,14 @@ class Answerer:
         tail = cleaner.finish()
         if tail:
             yield AnswerDelta(tail)
-        yield AnswerDone(_final(cleaner.text.strip(), prompt))
+        streamed = _final(cleaner.text.strip(), prompt)
+        answer = self.guard(question, prompt, cleaner.text.strip(), history, on_ungrounded)
+        yield AnswerDone(answer, replaced=answer.text != streamed.text)
 
 
 def refusal() -> Answer:
     """The fixed answer for questions the index does not cover."""
-    return Answer(text=REFUSAL, citations=(), sources_used=(), refused=True)
+    return Answer(text=REFUSAL, citations=(), sources_used=(), refused=True, answer_type="refusal")
 
 
 def _final(text: str, prompt: Prompt) -> Answer:

@@ -11,10 +11,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # prompt imports this module; Source is only needed for annotations here
-    from freshrag.generate.prompt import Source
+from freshrag.generate.sources import Source
 
 # `[1]`, `[1, 2]`, `[1;2]`, `[Source 1]`, `[sources 1, 2]`; not `x[1]` (indexing in code).
 _NUM = r"(?:sources?\s*)?\d{1,4}"

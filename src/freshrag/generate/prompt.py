@@ -17,10 +17,10 @@ import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, Literal, TypedDict
+from typing import Literal, TypedDict
 
 from freshrag.generate.citations import strip_markers
+from freshrag.generate.sources import NumberedSource, Source
 
 Role = Literal["system", "user", "assistant"]
 TokenCounter = Callable[[str], int]
@@ -42,6 +42,12 @@ SYSTEM_PROMPT = (
     "- Be brief."
 )
 QUESTION_REMINDER = "Answer using only the sources above, citing them as [n]."
+# The retry after an answer the grounding guard rejected: copy, do not compute or paraphrase.
+STRICT_RULES = (
+    "\n- Copy every number, unit, date and name exactly as the source writes it; never compute, "
+    "convert or guess one.\n- Prefer quoting the one source sentence that answers the question, "
+    "followed by its [n]."
+)
 
 # `<source`, `</source`, `< / SOURCE ...`: anything a parser or model could read as our fence.
 _FENCE_RE = re.compile(r"<(\s*/?\s*source\b)", re.IGNORECASE)
@@ -59,49 +65,6 @@ class ChatMessage(TypedDict):
 
 class PromptTooLarge(ValueError):
     """The question (plus system prompt and answer reserve) alone exceeds the context window."""
-
-
-@dataclass(frozen=True, slots=True)
-class Source:
-    """One retrieved chunk as the prompt and citations need it (built by the API from hits)."""
-
-    doc_id: str
-    title: str
-    url: str | None
-    version: int
-    updated_at: datetime | str | None
-    chunk_index: int
-    text: str
-    score: float = 0.0
-
-    @property
-    def updated_at_iso(self) -> str | None:
-        if isinstance(self.updated_at, datetime):
-            return self.updated_at.isoformat()
-        return self.updated_at
-
-    @classmethod
-    def from_payload(cls, payload: Mapping[str, Any], score: float = 0.0) -> Source:
-        """Build from an index-contract payload (see retrieve.contract.ChunkPoint.payload)."""
-        return cls(
-            doc_id=str(payload["doc_id"]),
-            title=str(payload.get("title") or ""),
-            url=payload.get("url") or None,
-            version=int(payload.get("version", 0)),
-            updated_at=payload.get("updated_at"),
-            chunk_index=int(payload.get("chunk_index", 0)),
-            text=str(payload.get("text") or ""),
-            score=float(score),
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class NumberedSource:
-    """A source as placed in the prompt: its citation number and whether it was cut short."""
-
-    number: int
-    source: Source
-    truncated: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,8 +217,10 @@ def build_prompt(
     history: Sequence[Mapping[str, str]] = (),
     settings: PromptSettings | None = None,
     count_tokens: TokenCounter = approx_tokens,
+    strict: bool = False,
 ) -> Prompt:
     """Messages for a grounded answer: system rules, recent history, fenced sources, question.
+    `strict` adds the copy-exactly rules (the retry after an ungrounded answer).
 
     `sources` must be in rank order (best first); numbering follows it. Raises PromptTooLarge
     when the question alone does not fit next to the system prompt and the answer reserve.
@@ -266,7 +231,8 @@ def build_prompt(
         raise ValueError("question is empty")
     overhead = cfg.message_overhead_tokens
     budget = cfg.prompt_budget
-    fixed = count_tokens(SYSTEM_PROMPT) + count_tokens(_user_message([], q)) + 2 * overhead
+    system = SYSTEM_PROMPT + (STRICT_RULES if strict else "")
+    fixed = count_tokens(system) + count_tokens(_user_message([], q)) + 2 * overhead
     if fixed > budget:
         raise PromptTooLarge(
             f"question needs ~{fixed} prompt tokens; the budget is {budget} "
@@ -299,7 +265,7 @@ def build_prompt(
         break
 
     def assemble() -> tuple[tuple[ChatMessage, ...], int]:
-        msgs: list[ChatMessage] = [{"role": "system", "content": SYSTEM_PROMPT}]
+        msgs: list[ChatMessage] = [{"role": "system", "content": system}]
         msgs.extend(kept_history)
         msgs.append({"role": "user", "content": _user_message(blocks, q)})
         total = sum(count_tokens(m["content"]) + overhead for m in msgs)

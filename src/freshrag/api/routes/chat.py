@@ -15,12 +15,28 @@ from freshrag.api.consistency import wait_for_token
 from freshrag.api.deps import CallerDep, ServicesDep
 from freshrag.api.limits import LimitsDep
 from freshrag.api.retrieval import Retrieved, index_info, retrieve_sources
-from freshrag.api.schemas import ChatBody, ChatOut, CitationOut, Message, SourceOut
+from freshrag.api.schemas import (
+    ChatBody,
+    ChatOut,
+    CitationOut,
+    GroundingOut,
+    Message,
+    SourceOut,
+    UnsupportedOut,
+)
 from freshrag.api.services import Services
-from freshrag.generate.answer import Answer, AnswerDelta, AnswerDone, AnswerEvent, AnswerStart
+from freshrag.generate.answer import (
+    Answer,
+    AnswerDelta,
+    AnswerDone,
+    AnswerEvent,
+    AnswerStart,
+    OnUngrounded,
+)
 from freshrag.generate.citations import Citation
 from freshrag.generate.llm import LLMError, LLMUnavailable
-from freshrag.generate.prompt import NumberedSource, PromptTooLarge, Source
+from freshrag.generate.prompt import PromptTooLarge
+from freshrag.generate.sources import NumberedSource, Source
 from freshrag.retrieve.search import MAX_QUERY_CHARS
 
 router = APIRouter(prefix="/v1", tags=["chat"])
@@ -130,8 +146,21 @@ def upstream_error(exc: LLMError, retrieved: Retrieved) -> JSONResponse:
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+def grounding_out(answer: Answer) -> GroundingOut:
+    return GroundingOut(
+        grounded=answer.grounded,
+        answer_type=answer.answer_type,
+        unsupported=[
+            UnsupportedOut(sentence=u.sentence, missing=list(u.missing)) for u in answer.unsupported
+        ],
+        retried=answer.retried,
+        warning=answer.warning,
+    )
+
+
 def answer_out(answer: Answer, retrieved: Retrieved, services: Services) -> ChatOut:
     used = answer.sources_used
+    services.metrics.answers.labels(answer.answer_type).inc()
     return ChatOut(
         answer=answer.text,
         citations=[citation_out(c) for c in answer.citations],
@@ -139,6 +168,7 @@ def answer_out(answer: Answer, retrieved: Retrieved, services: Services) -> Chat
         refused=answer.refused,
         citations_inferred=answer.citations_inferred,
         index=index_info(services, [h.updated_at for h in retrieved.hits]),
+        **grounding_out(answer).model_dump(),
     )
 
 
@@ -147,10 +177,14 @@ def sse(event: str, data: Any) -> str:
 
 
 def first_event(
-    services: Services, question: str, retrieved: Retrieved, history: list[dict[str, str]]
+    services: Services,
+    question: str,
+    retrieved: Retrieved,
+    history: list[dict[str, str]],
+    on_ungrounded: OnUngrounded = "extractive",
 ) -> tuple[AnswerEvent, Generator[AnswerEvent, None, None]]:
     """Start the answer stream; LLM connection errors surface here, before any byte is sent."""
-    events = services.answerer.stream_answer(question, retrieved.sources, history)
+    events = services.answerer.stream_answer(question, retrieved.sources, history, on_ungrounded)
     return next(events), events
 
 
@@ -175,7 +209,11 @@ async def chat(body: ChatBody, caller: CallerDep, services: ServicesDep, limits:
         if not body.stream:
             try:
                 answer = await slot.call(
-                    services.answerer.answer, question, retrieved.sources, history
+                    services.answerer.answer,
+                    question,
+                    retrieved.sources,
+                    history,
+                    body.on_ungrounded,
                 )
             except LLMError as exc:
                 services.metrics.llm_errors.inc()
@@ -188,7 +226,9 @@ async def chat(body: ChatBody, caller: CallerDep, services: ServicesDep, limits:
             return answer_out(answer, retrieved, services)
 
         try:
-            first, events = await slot.call(first_event, services, question, retrieved, history)
+            first, events = await slot.call(
+                first_event, services, question, retrieved, history, body.on_ungrounded
+            )
         except LLMError as exc:
             services.metrics.llm_errors.inc()
             slot.release()
@@ -209,7 +249,8 @@ async def chat(body: ChatBody, caller: CallerDep, services: ServicesDep, limits:
                 elif isinstance(event, AnswerDone):
                     out = answer_out(event.answer, retrieved, services)
                     services.metrics.llm.labels("true").observe(time.perf_counter() - started)
-                    yield sse("done", out.model_dump(mode="json"))
+                    # replaced: the streamed tokens failed the grounding guard; show `answer`
+                    yield sse("done", {**out.model_dump(mode="json"), "replaced": event.replaced})
                 event = await slot.call(next, events, None)  # LLM reads off the pool
         except LLMError as exc:
             services.metrics.llm_errors.inc()

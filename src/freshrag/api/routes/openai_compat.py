@@ -22,6 +22,7 @@ from freshrag.api.retrieval import retrieve_sources
 from freshrag.api.routes.chat import (
     citation_out,
     first_event,
+    grounding_out,
     llm_error_status,
     source_out,
     split_messages,
@@ -103,6 +104,7 @@ async def chat_completions(
                 "sources": [source_out(ns).model_dump() for ns in answer.sources_used],
                 "refused": answer.refused,
                 "citations_inferred": answer.citations_inferred,
+                **grounding_out(answer).model_dump(),
             }
 
         try:
@@ -142,6 +144,10 @@ async def chat_completions(
                         sources=[source_out(ns).model_dump() for ns in answer.sources_used],
                         refused=answer.refused,
                         citations_inferred=answer.citations_inferred,
+                        # the streamed content failed the grounding guard: show this instead
+                        answer=answer.text if event.replaced else None,
+                        replaced=event.replaced,
+                        **grounding_out(answer).model_dump(),
                     )
                 event = await slot.call(next, events, None)  # LLM reads off the pool
         except LLMError as exc:
