@@ -274,11 +274,31 @@ def ask(
                         out.print(data["text"], end="", soft_wrap=True, highlight=False)
                     elif event == "done":
                         out.print()
+                        if data.get("replaced"):  # the streamed text failed the grounding guard
+                            out.print(
+                                "[yellow]The answer above is not supported by its sources; "
+                                "instead:[/yellow]"
+                            )
+                            out.print(str(data.get("answer", "")), soft_wrap=True, highlight=False)
+                        _print_verdict(out, data)
                         _print_citations(out, data)
                     elif event == "error":
                         raise fail(f"upstream error: {data.get('message')}", 1)
     except httpx.HTTPError as exc:
         raise fail(f"cannot reach {api_url}: {exc}", 1) from None
+
+
+_VERDICTS = {
+    "generated": "[green]verified against its sources[/green]",
+    "extractive": "[yellow]quoted from the sources[/yellow] (the model's answer was not supported)",
+    "raw": "[red]unverified[/red]: some numbers, dates or names are not in its sources",
+}
+
+
+def _print_verdict(out: Console, done: dict[str, object]) -> None:
+    verdict = _VERDICTS.get(str(done.get("answer_type")))
+    if verdict:
+        out.print(f"({verdict})")
 
 
 def _print_citations(out: Console, done: dict[str, object]) -> None:

@@ -329,6 +329,8 @@ def test_ask_command_streams_answer_then_citations(stack: Stack) -> None:
     answer, _, cited = result.output.partition("Sources")
     assert answer.strip()
     assert "[1] Penguins" in cited or "(no citations)" in result.output
+    # the grounding guard's verdict is printed: the answer is never shown as plain truth
+    assert "verified against its sources" in answer or "quoted from the sources" in answer
     bad = CliRunner().invoke(app, ["ask", "x", "--api-url", stack.url, "--api-key", "wrong"])
     assert bad.exit_code == 1 and "401" in bad.output
 
