@@ -193,3 +193,19 @@ def test_a_streamed_ungrounded_answer_is_replaced_in_the_done_event() -> None:
     assert done.answer.answer_type == "extractive" and "47 minutes" in done.answer.text
     events = list(Answerer(ScriptedLLM([RIGHT])).stream_answer(Q, SOURCES))
     assert isinstance(events[-1], AnswerDone) and not events[-1].replaced
+
+
+def test_the_make_run_demo_question_is_answered_from_the_sample_document() -> None:
+    """`make run` suggests this question; whatever the model writes, the fallback states it."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    zephyr = (root / "samples/docs/zephyr-9.md").read_text()
+    warranty = (root / "samples/docs/warranty.md").read_text()
+    sources = [src(zephyr, "zephyr-9", "Zephyr-9 drone"), src(warranty, "warranty", "Warranty")]
+    question = "How long is the Zephyr-9 flight time?"
+    quoted = extractive_answer(question, sources)
+    assert "47 minutes" in quoted and quoted.split('" [')[1].startswith("1]")
+    demo_hallucination = "The Zephyr-9 flight time is 7.1 minutes."
+    assert not check_grounding(demo_hallucination, sources, question).grounded
+    assert check_grounding("It flies for 47 minutes on one battery [1].", sources).grounded
