@@ -8,13 +8,17 @@ import os
 import sys
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.progress import Progress
+from rich.table import Table
 
 from freshrag.core.settings import Settings, SettingsError, load_settings
+
+if TYPE_CHECKING:
+    from freshrag.retrieve.search import SearchResult
 
 app = typer.Typer(
     name="freshrag",
@@ -37,6 +41,36 @@ def _settings() -> Settings:
         return load_settings()
     except SettingsError as exc:
         raise fail(str(exc)) from None
+
+
+def result_table(result: SearchResult, title: str | None = None, width: int = 90) -> Table:
+    """A rich table of a result, for the CLI (`freshrag search`)."""
+    from rich.markup import escape
+
+    table = Table(title=title or f"{len(result.hits)} hits ({result.mode})", show_lines=False)
+    table.add_column("#", justify="right")
+    table.add_column("score", justify="right")
+    table.add_column("doc", overflow="fold")
+    table.add_column("v", justify="right")
+    table.add_column("updated", no_wrap=True)
+    table.add_column("title / text", overflow="fold")
+    for i, hit in enumerate(result.hits, 1):
+        snippet = " ".join(hit.text.split())
+        if len(snippet) > width:
+            snippet = snippet[: width - 1] + "…"
+        updated = hit.updated_at.strftime("%Y-%m-%d %H:%M") if hit.updated_at else ""
+        label = escape(snippet)
+        if hit.title:
+            label = f"[bold]{escape(hit.title)}[/bold]\n{label}"
+        table.add_row(
+            str(i),
+            f"{hit.score:.4f}",
+            escape(f"{hit.doc_id}#{hit.chunk_index}"),
+            str(hit.version),
+            updated,
+            label,
+        )
+    return table
 
 
 def _progress() -> Progress:
@@ -208,7 +242,7 @@ def search(
     from freshrag.core.embedder import Embedder
     from freshrag.core.sparse import Bm25Encoder
     from freshrag.retrieve.contract import SearchFilter
-    from freshrag.retrieve.search import HybridSearcher, SearchRequest, result_table
+    from freshrag.retrieve.search import HybridSearcher, SearchRequest
     from freshrag.retrieve.stores import open_settings_store
 
     settings = _settings()
@@ -337,9 +371,9 @@ def evaluate(
     """nDCG@10, recall@100 and MRR@10 for dense, BM25 and hybrid on a BEIR dataset."""
     from freshrag.core.embedder import Embedder
     from freshrag.core.sparse import Bm25Encoder
+    from freshrag.evaluation import EvalError, run_eval
     from freshrag.ingest.indexing import ChunkingConfig
     from freshrag.retrieve.edge_store import EdgeStore
-    from freshrag.retrieve.evaluation import EvalError, run_eval
     from freshrag.retrieve.search import HybridSearcher
 
     settings = _settings()

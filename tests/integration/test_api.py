@@ -275,6 +275,44 @@ def test_health_ready_metrics_docs(stack: Stack) -> None:
     assert "/v1/chat/completions" in stack.http.get("/openapi.json").json()["paths"]
 
 
+def metric_samples(http: httpx.Client) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(http.get("/metrics").text)
+        for s in family.samples
+    }
+
+
+def test_openai_route_records_the_same_llm_metrics_as_chat(stack: Stack) -> None:
+    question = "How many days do customers have to return hardware for a refund?"
+    body = {"model": "freshrag", "messages": [{"role": "user", "content": question}]}
+    before = metric_samples(stack.http)
+    r = stack.http.post("/v1/chat/completions", headers=A, json=body)
+    assert r.status_code == 200, r.text
+    kind = r.json()["answer_type"]
+    with stack.http.stream(
+        "POST", "/v1/chat/completions", headers=A, json={**body, "stream": True}
+    ) as streamed:
+        assert streamed.status_code == 200
+        "".join(streamed.iter_text())
+    after = metric_samples(stack.http)
+
+    def grew(name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    assert grew("freshrag_llm_seconds_count", stream="false") == 1
+    assert grew("freshrag_llm_seconds_count", stream="true") == 1
+    assert grew("freshrag_llm_tokens_total", kind="prompt") > 0
+    assert (
+        sum(v - before.get(k, 0.0) for k, v in after.items() if k[0] == "freshrag_answers_total")
+        == 2
+    )
+    assert grew("freshrag_answers_total", type=kind) >= 1
+
+
 def test_llm_down_gives_503_with_sources_and_search_still_works(
     stack: Stack, embedder: Any, tmp_path: Path
 ) -> None:
@@ -310,6 +348,9 @@ def test_llm_down_gives_503_with_sources_and_search_still_works(
             },
         )
         assert r.status_code == 503 and r.json()["sources"]
+        # both routes count their LLM failures: two /v1/chat calls and this one
+        errors = metric_samples(http)[("freshrag_llm_errors_total", ())]
+        assert errors == 3
         r = http.post("/v1/search", headers=A, json={"query": "Which volcano is on Sicily?"})
         assert r.status_code == 200 and r.json()["hits"][0]["doc_id"] == "volcano"
         assert http.get("/readyz").json()["checks"]["llm"]["ok"] is False

@@ -12,9 +12,9 @@ from confluent_kafka import Consumer, TopicPartition
 from fastapi.testclient import TestClient
 
 from freshrag.api.app import create_app
-from freshrag.api.producer import DocumentProducer
 from freshrag.api.services import build_services
 from freshrag.core.settings import load_settings
+from freshrag.ingest.producer import EventProducer
 from freshrag.retrieve.edge_store import EdgeStore
 
 pytestmark = [pytest.mark.integration, pytest.mark.kafka]
@@ -124,7 +124,7 @@ def test_wait_is_bounded_by_time_not_poll_passes(
     """Before the fix the wait counted (timeout + 1) / 0.05 = 60 passes for a 2 s timeout: 5,000
     fast polls gave a 503 for a write that then landed."""
     topic = make_topic("busy")
-    producer = DocumentProducer(kafka_bootstrap, topic, timeout_s=2.0)
+    producer = EventProducer(kafka_bootstrap, topic, timeout_s=2.0)
     busy = BusyPoll(producer._producer, busy=5_000)
     producer._producer = busy
     try:

@@ -11,9 +11,7 @@ import pytest
 from rich.table import Table
 
 from freshrag.core.sparse import Bm25Encoder
-from freshrag.ingest.indexing import ChunkingConfig
-from freshrag.retrieve.edge_store import EdgeStore
-from freshrag.retrieve.evaluation import (
+from freshrag.evaluation import (
     EvalError,
     load_beir,
     mrr_at_k,
@@ -21,6 +19,8 @@ from freshrag.retrieve.evaluation import (
     recall_at_k,
     run_eval,
 )
+from freshrag.ingest.indexing import ChunkingConfig
+from freshrag.retrieve.edge_store import EdgeStore
 from freshrag.retrieve.search import HybridSearcher
 
 pytestmark = pytest.mark.integration

@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from freshrag.api.app import create_app
-from freshrag.api.routes.chat import llm_error_status
+from freshrag.api.chat_support import llm_error_status
 from freshrag.api.services import ApiMetrics
 from freshrag.core.settings import load_settings
 from freshrag.generate.answer import Answerer

@@ -4,8 +4,7 @@ until the flow's indexed watermark of that partition has passed the offset. The 
 
 from __future__ import annotations
 
-from fastapi import HTTPException
-
+from freshrag.api.errors import api_error, invalid_input
 from freshrag.api.limits import WAIT_RETRY_AFTER_S, Limits, too_many
 from freshrag.api.services import Services
 
@@ -34,17 +33,13 @@ async def wait_for_token(services: Services, limits: Limits, token: str | None) 
     try:
         wanted = parse_token(token)
     except ValueError as exc:
-        raise HTTPException(
-            422, {"type": "invalid", "field": "consistency_token", "message": str(exc)}
-        ) from None
+        raise invalid_input("consistency_token", str(exc)) from None
     if services.watermarks is None or limits.watch is None:
-        raise HTTPException(
+        raise api_error(
             501,
-            {
-                "type": "not_supported",
-                "field": "consistency_token",
-                "message": "this deployment publishes no indexed watermarks",
-            },
+            "not_supported",
+            "this deployment publishes no indexed watermarks",
+            field="consistency_token",
         )
     full = limits.waits.try_acquire()
     if full is not None:
@@ -62,11 +57,9 @@ async def wait_for_token(services: Services, limits: Limits, token: str | None) 
             return
     finally:
         limits.waits.release()
-    raise HTTPException(
+    raise api_error(
         504,
-        {
-            "type": "consistency_timeout",
-            "message": f"index has not reached {token} within {timeout:g}s",
-            "watermark": limits.watch.latest or {},
-        },
+        "consistency_timeout",
+        f"index has not reached {token} within {timeout:g}s",
+        watermark=limits.watch.latest or {},
     )

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, Request
 
 from freshrag.api.auth import Caller, Unauthorized, resolve_caller
+from freshrag.api.errors import api_error
 from freshrag.api.services import Services
 
 
@@ -23,10 +24,8 @@ async def get_caller(request: Request, services: ServicesDep) -> Caller:
     try:
         return resolve_caller(request.headers.get("authorization"), s.api_keys, s.auth_enabled)
     except Unauthorized as exc:
-        raise HTTPException(
-            status_code=401,
-            detail={"type": "unauthorized", "message": exc.message},
-            headers={"WWW-Authenticate": "Bearer"},
+        raise api_error(
+            401, "unauthorized", exc.message, headers={"WWW-Authenticate": "Bearer"}
         ) from None
 
 

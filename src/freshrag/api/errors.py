@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
@@ -20,6 +20,30 @@ OPENAI_PATHS = ("/v1/chat/completions", "/v1/models")
 # What FastAPI raises (as a 400) when it cannot read a body at all; invalid JSON is a 422.
 _FASTAPI_BODY_ERROR = "There was an error parsing the body"
 _OPENAI_TYPES = {401: "authentication_error", 404: "not_found_error", 429: "rate_limit_error"}
+
+
+def api_error(
+    status: int,
+    kind: str,
+    message: str,
+    *,
+    field: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    **extra: Any,
+) -> HTTPException:
+    """The one way a route builds an error: `{"error": {"type", "message", "field"?, ...}}`
+    (the handlers below turn it into OpenAI's shape on the OpenAI paths). Raise the result."""
+    error: dict[str, Any] = {"type": kind}
+    if field is not None:
+        error["field"] = field
+    error.update(extra)
+    error["message"] = message
+    return HTTPException(status, error, headers=dict(headers) if headers else None)
+
+
+def invalid_input(field: str, message: str) -> HTTPException:
+    """422 naming the offending field."""
+    return api_error(422, "invalid", message, field=field)
 
 
 def is_openai_path(path: str) -> bool:

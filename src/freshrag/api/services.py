@@ -67,7 +67,7 @@ class Services:
     searcher: HybridSearcher
     llm: LLMClient
     answerer: Answerer
-    producer: Any  # DocumentProducer | None: None means document writes answer 503
+    producer: Any  # EventProducer | None: None means document writes answer 503
     metrics: ApiMetrics
     watermarks: Callable[[], dict[str, int]] | None = None
     recent: Any = None  # ingest.activity.RecentWrites when the flow runs in this process
@@ -123,9 +123,9 @@ def build_services(
         store = open_settings_store(settings)
         owned.append(store)
     if producer is None and with_producer:
-        from freshrag.api.producer import DocumentProducer
+        from freshrag.ingest.producer import EventProducer
 
-        producer = DocumentProducer(settings.kafka_bootstrap, settings.topic)
+        producer = EventProducer(settings.kafka_bootstrap, settings.topic)
         owned.append(producer)
     llm = LLMClient.from_settings(settings)
     owned.append(llm)

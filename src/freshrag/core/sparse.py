@@ -4,8 +4,15 @@ BM25, with no model download. The collection's IDF modifier supplies the IDF par
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
-from freshrag.retrieve.contract import SparseVector
+
+@dataclass(frozen=True, slots=True)
+class SparseVector:
+    """A sparse vector as token ids and weights (what the BM25 vectors of the index hold)."""
+
+    indices: list[int]
+    values: list[float]
 
 
 class Bm25Encoder:

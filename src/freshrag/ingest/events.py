@@ -1,7 +1,10 @@
-"""Parse Kafka change events into Upsert/Delete, or a DeadLetter value (pure, never raises).
+"""Parse Kafka change events into Upsert/Delete, or a DeadLetter value (pure, never raises),
+and write the native event: `upsert_event`/`delete_event` build it, `encode_event` makes the
+record's key and value, `native_event` turns a parsed event back into one (`parse_record` of it
+gives the same event back). Every producer (the API, `freshrag load`) writes events through these.
 
-Formats: the native JSON event, Debezium envelopes (with or without the schema/payload wrapper),
-and tombstones (null value = delete by key). See DESIGN.md "Change events".
+Formats read: the native JSON event, Debezium envelopes (with or without the schema/payload
+wrapper), and tombstones (null value = delete by key). See DESIGN.md "Change events".
 """
 
 from __future__ import annotations
@@ -136,6 +139,76 @@ class EventError(ValueError):
     def __init__(self, error_class: str, message: str) -> None:
         super().__init__(message)
         self.error_class = error_class
+
+
+# -- writing the native event -------------------------------------------------------------------
+
+
+def upsert_event(
+    doc_id: Any,
+    text: Any,
+    *,
+    tenant: Any = None,
+    title: Any = None,
+    url: Any = None,
+    source: Any = None,
+    version: Any = None,
+    updated_at: Any = None,
+    metadata: Any = None,
+) -> dict[str, Any]:
+    """The native upsert event. A field left None is left out (the reader's default applies:
+    default tenant, the record timestamp as version and updated_at). Values are not checked
+    here: the flow's `parse_record` is the one validator, and dead-letters what it refuses."""
+    event: dict[str, Any] = {"op": "upsert", "id": doc_id, "text": text}
+    fields = {
+        "tenant": tenant,
+        "title": title,
+        "url": url,
+        "source": source,
+        "version": version,
+        "updated_at": updated_at.isoformat() if isinstance(updated_at, datetime) else updated_at,
+        "metadata": metadata,
+    }
+    event.update({k: v for k, v in fields.items() if v is not None})
+    return event
+
+
+def delete_event(doc_id: Any, *, tenant: Any = None, version: Any = None) -> dict[str, Any]:
+    """The native delete event; without a version it deletes whatever is indexed."""
+    event: dict[str, Any] = {"op": "delete", "id": doc_id}
+    if tenant is not None:
+        event["tenant"] = tenant
+    if version is not None:
+        event["version"] = version
+    return event
+
+
+def native_event(event: ChangeEvent) -> dict[str, Any]:
+    """A parsed event as the native event that parses back to it (the record's origin aside;
+    an upsert's version is written out, so it reads back as explicit)."""
+    if isinstance(event, Delete):
+        return delete_event(event.doc_id, tenant=event.tenant, version=event.version)
+    return upsert_event(
+        event.doc_id,
+        event.text,
+        tenant=event.tenant,
+        title=event.title,
+        url=event.url,
+        source=event.source,
+        version=event.version,
+        updated_at=event.updated_at,
+        metadata=dict(event.metadata),
+    )
+
+
+def encode_event(event: Mapping[str, Any]) -> tuple[bytes, bytes]:
+    """(key, value) of the Kafka record for a native event: keyed by document id, so one
+    document's events stay in order on one partition; the value is UTF-8 JSON."""
+    value = json.dumps(event, ensure_ascii=False, default=str).encode()
+    return str(event["id"]).encode(), value
+
+
+# -- reading ---------------------------------------------------------------------------------------
 
 
 STEP = "parse"

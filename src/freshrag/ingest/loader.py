@@ -1,5 +1,6 @@
 """Reads documents from a folder of text/markdown files, a JSONL file or a BEIR corpus, and turns
-them into native upsert events (pure); `produce_events` sends them to Kafka."""
+them into native upsert events (`events.upsert_event`); `produce_events` sends them to Kafka
+through `producer.EventProducer.send_many`."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from freshrag.ingest.events import upsert_event
 
 TEXT_SUFFIXES = {".md", ".markdown", ".txt", ".rst"}
 
@@ -67,17 +70,16 @@ def _folder(root: Path) -> Iterator[dict[str, Any]]:
                 title = line[2:].strip()
                 break
         stat = path.stat()
-        yield {
-            "op": "upsert",
-            "id": path.relative_to(root).as_posix(),
-            "title": title,
-            "text": text,
-            "source": "file",
-            "url": path.resolve().as_uri(),
+        yield upsert_event(
+            path.relative_to(root).as_posix(),
+            text,
+            title=title,
+            source="file",
+            url=path.resolve().as_uri(),
             # the file's mtime: loading an unchanged file again is a no-op for the index
-            "version": stat.st_mtime_ns // 1_000_000,
-            "updated_at": _iso(stat.st_mtime),
-        }
+            version=stat.st_mtime_ns // 1_000_000,
+            updated_at=_iso(stat.st_mtime),
+        )
 
 
 def _iso(timestamp: float) -> str:
@@ -101,21 +103,18 @@ def _jsonl(path: Path) -> Iterator[dict[str, Any]]:
             doc_id = row.get("id", row.get("_id"))
             if doc_id is None:
                 raise LoadError(f"{path}:{lineno}: missing 'id' or '_id'")
-            event: dict[str, Any] = {
-                "op": "upsert",
-                "id": str(doc_id),
-                "title": row.get("title") or "",
-                "text": row.get("text"),
-                "source": row.get("source", path.stem),
-            }
-            event["version"] = file_version
-            for key in ("tenant", "version", "url", "updated_at"):
-                if row.get(key) is not None:
-                    event[key] = row[key]
             meta = row.get("metadata")
-            if isinstance(meta, dict):
-                event["metadata"] = meta
-            yield event
+            yield upsert_event(
+                str(doc_id),
+                row.get("text"),
+                tenant=row.get("tenant"),
+                title=row.get("title") or "",
+                url=row.get("url"),
+                source=row.get("source", path.stem),
+                version=file_version if row.get("version") is None else row["version"],
+                updated_at=row.get("updated_at"),
+                metadata=meta if isinstance(meta, dict) else None,
+            )
 
 
 def produce_events(
@@ -126,50 +125,10 @@ def produce_events(
     limit: int | None = None,
 ) -> int:
     """Produce events keyed by document id with the idempotent producer; returns the count."""
-    from confluent_kafka import KafkaException, Producer
-
-    errors: list[str] = []
-    producer = Producer(
-        {
-            "bootstrap.servers": bootstrap,
-            "enable.idempotence": True,
-            "linger.ms": 20,
-            "compression.type": "lz4",
-            "message.max.bytes": 10_000_000,
-        }
-    )
-
-    def delivered(err: Any, _msg: Any) -> None:
-        if err is not None:
-            errors.append(str(err))
-        else:
-            on_sent()
+    from freshrag.ingest.producer import EventProducer, ProduceError
 
     try:
-        producer.list_topics(timeout=10)
-    except KafkaException as exc:
-        raise LoadError(f"cannot reach Kafka at {bootstrap}: {exc}") from None
-    sent = 0
-    for event in events:
-        if limit is not None and sent >= limit:
-            break
-        payload = json.dumps(event, ensure_ascii=False).encode()
-        while True:
-            try:
-                producer.produce(
-                    topic, key=str(event["id"]).encode(), value=payload, on_delivery=delivered
-                )
-                break
-            except BufferError:
-                producer.poll(0.5)
-            except KafkaException as exc:
-                raise LoadError(f"cannot produce to {topic}: {exc}") from exc
-        producer.poll(0)
-        sent += 1
-    remaining = producer.flush(60)
-    if remaining or errors:
-        raise LoadError(
-            f"{remaining} document(s) not acknowledged by Kafka at {bootstrap}, "
-            f"{len(errors)} failed: {errors[:3]}"
-        )
-    return sent
+        producer = EventProducer(bootstrap, topic, timeout_s=300, linger_ms=20, compression="lz4")
+        return producer.send_many(events, on_sent, limit)
+    except ProduceError as exc:
+        raise LoadError(str(exc)) from None

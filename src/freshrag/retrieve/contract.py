@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
+# re-exported: the contract's points carry one (it lives beside the BM25 encoder)
+from freshrag.core.sparse import SparseVector as SparseVector
+
 DENSE_VECTOR = "dense"
 SPARSE_VECTOR = "bm25"
 DENSE_DIM = 384
@@ -36,12 +39,6 @@ class SchemaMismatchError(RuntimeError):
 def point_id(tenant: str, doc_id: str, chunk_index: int) -> str:
     """Deterministic point ID: the same chunk of the same document always lands on one point."""
     return str(uuid.uuid5(POINT_NAMESPACE, f"{tenant}/{doc_id}#{chunk_index}"))
-
-
-@dataclass(frozen=True, slots=True)
-class SparseVector:
-    indices: list[int]
-    values: list[float]
 
 
 @dataclass(frozen=True, slots=True)

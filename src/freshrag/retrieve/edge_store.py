@@ -52,7 +52,7 @@ from freshrag.retrieve.contract import (
     SearchFilter,
     SparseVector,
 )
-from freshrag.retrieve.stores import (
+from freshrag.retrieve.payloads import (
     LAYOUT_FIELDS,
     hit_order,
     iso_utc,

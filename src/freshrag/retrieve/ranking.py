@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from freshrag.retrieve.contract import Hit
+from freshrag.retrieve.payloads import hit_order
 
 # Tuned on SciFact train (809 queries): k in 10..30 beat the customary 60 by ~0.006 nDCG@10
 # (0.7303 vs 0.7245 at k=20); see benchmarks/RESULTS.md.
@@ -24,13 +25,8 @@ DEFAULT_HALF_LIFE_HOURS = 24.0 * 30
 DEFAULT_FRESHNESS_WEIGHT = 0.3
 
 
-def hit_sort_key(hit: Hit) -> tuple[float, str]:
-    """Best score first; equal scores ordered by point id so ties never depend on input order."""
-    return (-hit.score, hit.point_id)
-
-
 def sort_hits(hits: Sequence[Hit]) -> list[Hit]:
-    return sorted(hits, key=hit_sort_key)
+    return sorted(hits, key=hit_order)
 
 
 def rrf_fuse(

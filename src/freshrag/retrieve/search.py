@@ -1,8 +1,10 @@
 """Hybrid search: dense + BM25 candidates from the store, fused and re-ranked (no web imports).
 
-`HybridSearcher.search` is the one entry point that the API, the CLI and the evaluation call, so
-what is measured offline is exactly what users get. The tenant always comes from the caller's
-identity (the `SearchFilter` the caller builds), never from a request body.
+`HybridSearcher.search` (`candidates`, then `rank`) is what `/v1/search`, the CLI and the
+evaluation call; chat calls `candidates` and `rank` itself, because it also needs the dense
+candidates' cosine scores (the answerer's relevance threshold). Both paths rank alike, so what is
+measured offline is what users get. The tenant always comes from the caller's identity (the
+`SearchFilter` the caller builds), never from a request body.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from freshrag.retrieve.contract import Hit, SearchFilter, SparseVector, Store
 from freshrag.retrieve.ranking import (
@@ -27,9 +29,6 @@ from freshrag.retrieve.ranking import (
     rrf_fuse,
     sort_hits,
 )
-
-if TYPE_CHECKING:
-    from rich.table import Table
 
 SearchMode = Literal["hybrid", "dense", "bm25"]
 MODES: tuple[SearchMode, ...] = ("hybrid", "dense", "bm25")
@@ -253,34 +252,3 @@ class HybridSearcher:
         return HybridSearcher(
             self.store, self.embedder, self.bm25, replace(self.defaults, **changes), self.clock
         )
-
-
-def result_table(result: SearchResult, title: str | None = None, width: int = 90) -> Table:
-    """A rich table of a result, for the CLI (`freshrag search`)."""
-    from rich.markup import escape
-    from rich.table import Table
-
-    table = Table(title=title or f"{len(result.hits)} hits ({result.mode})", show_lines=False)
-    table.add_column("#", justify="right")
-    table.add_column("score", justify="right")
-    table.add_column("doc", overflow="fold")
-    table.add_column("v", justify="right")
-    table.add_column("updated", no_wrap=True)
-    table.add_column("title / text", overflow="fold")
-    for i, hit in enumerate(result.hits, 1):
-        snippet = " ".join(hit.text.split())
-        if len(snippet) > width:
-            snippet = snippet[: width - 1] + "…"
-        updated = hit.updated_at.strftime("%Y-%m-%d %H:%M") if hit.updated_at else ""
-        label = escape(snippet)
-        if hit.title:
-            label = f"[bold]{escape(hit.title)}[/bold]\n{label}"
-        table.add_row(
-            str(i),
-            f"{hit.score:.4f}",
-            escape(f"{hit.doc_id}#{hit.chunk_index}"),
-            str(hit.version),
-            updated,
-            label,
-        )
-    return table

@@ -30,7 +30,7 @@ from freshrag.retrieve.contract import (
     SearchFilter,
     SparseVector,
 )
-from freshrag.retrieve.stores import (
+from freshrag.retrieve.payloads import (
     LAYOUT_FIELDS,
     as_aware,
     hit_order,

@@ -4,80 +4,35 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Generator
+from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter, HTTPException
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi import APIRouter
+from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from freshrag.api.chat_support import (
+    check_question,
+    citation_out,
+    first_event,
+    grounding_out,
+    record_answer,
+    source_out,
+    split_messages,
+    stream_error,
+    upstream_error,
+)
 from freshrag.api.consistency import wait_for_token
 from freshrag.api.deps import CallerDep, ServicesDep
+from freshrag.api.errors import invalid_input
 from freshrag.api.limits import LimitsDep
 from freshrag.api.retrieval import Retrieved, index_info, retrieve_sources
-from freshrag.api.schemas import (
-    ChatBody,
-    ChatOut,
-    CitationOut,
-    GroundingOut,
-    Message,
-    SourceOut,
-    UnsupportedOut,
-)
+from freshrag.api.schemas import ChatBody, ChatOut
 from freshrag.api.services import Services
-from freshrag.generate.answer import (
-    Answer,
-    AnswerDelta,
-    AnswerDone,
-    AnswerEvent,
-    AnswerStart,
-    OnUngrounded,
-)
-from freshrag.generate.citations import Citation
-from freshrag.generate.llm import LLMError, LLMUnavailable
-from freshrag.generate.prompt import PromptTooLarge
-from freshrag.generate.sources import NumberedSource, Source
-from freshrag.retrieve.search import MAX_QUERY_CHARS
+from freshrag.generate.answer import Answer, AnswerDelta, AnswerDone, AnswerEvent, AnswerStart
+from freshrag.generate.llm import LLMError
 
 router = APIRouter(prefix="/v1", tags=["chat"])
-
-
-def split_messages(messages: list[Message], services: Services) -> tuple[str, list[dict[str, str]]]:
-    """The last user message is the question; earlier turns are history."""
-    if len(messages) > services.settings.max_messages:
-        raise HTTPException(
-            422, {"type": "invalid", "field": "messages", "message": "too many messages"}
-        )
-    for i in range(len(messages) - 1, -1, -1):
-        if messages[i].role == "user" and (messages[i].content or "").strip():
-            history = [
-                {"role": m.role, "content": m.content or ""}
-                for m in messages[:i]
-                if m.role in ("user", "assistant") and m.content
-            ]
-            question = messages[i].content or ""
-            check_question(question, f"messages.{i}.content", services)
-            return question, history
-    raise HTTPException(
-        422, {"type": "invalid", "field": "messages", "message": "no user message with content"}
-    )
-
-
-def check_question(question: str, field: str, services: Services) -> None:
-    """422 naming the field for a question that retrieval or the prompt cannot take."""
-    limit = min(services.settings.max_query_chars, MAX_QUERY_CHARS)
-    problem = ""
-    if not question.strip():
-        problem = f"{field} is blank"
-    elif len(question) > limit:
-        problem = f"{field} is {len(question)} characters, over the {limit}-character limit"
-    else:
-        try:
-            services.answerer.ensure_fits(question)
-        except PromptTooLarge as exc:
-            problem = f"{field} does not fit the LLM context window: {exc}"
-    if problem:
-        raise HTTPException(422, {"type": "invalid", "field": field, "message": problem})
 
 
 def question_of(body: ChatBody, services: Services) -> tuple[str, list[dict[str, str]]]:
@@ -86,85 +41,14 @@ def question_of(body: ChatBody, services: Services) -> tuple[str, list[dict[str,
     if body.question:
         check_question(body.question, "question", services)
         return body.question, []
-    raise HTTPException(
-        422,
-        {"type": "invalid", "field": "question", "message": "give 'question' or 'messages'"},
-    )
-
-
-def source_out(ns: NumberedSource) -> SourceOut:
-    s = ns.source
-    return SourceOut(
-        number=ns.number,
-        doc_id=s.doc_id,
-        title=s.title,
-        url=s.url,
-        version=s.version,
-        updated_at=s.updated_at_iso,
-        chunk_index=s.chunk_index,
-        score=s.score,
-        text=s.text,
-    )
-
-
-def retrieved_sources(sources: list[Source]) -> list[SourceOut]:
-    return [source_out(NumberedSource(i + 1, s)) for i, s in enumerate(sources)]
-
-
-def citation_out(c: Citation) -> CitationOut:
-    return CitationOut(**{f: getattr(c, f) for f in CitationOut.model_fields})
-
-
-def llm_error_status(exc: LLMError) -> tuple[int, str, str]:
-    """The one mapping of LLM failures to HTTP: (status, error type, code).
-
-    503 when the upstream is unavailable (unreachable, timed out, 429 or 5xx after retries: the
-    same request may succeed later); 502 when it rejected or broke the request (4xx, a bad
-    response: retrying it unchanged will not help)."""
-    if isinstance(exc, LLMUnavailable):
-        return 503, "upstream_unavailable", "llm_unavailable"
-    return 502, "upstream_error", "llm_error"
-
-
-def upstream_error(exc: LLMError, retrieved: Retrieved) -> JSONResponse:
-    """503 or 502 (see llm_error_status) naming the upstream, with the sources that were
-    retrieved (never a bare 500). `param` makes it OpenAI's error shape too."""
-    status, kind, code = llm_error_status(exc)
-    verb = "is unavailable" if status == 503 else "failed"
-    error = {
-        "type": kind,
-        "code": code,
-        "param": None,
-        "upstream": exc.upstream,
-        "message": f"the LLM at {exc.upstream} {verb}: {exc.reason}",
-    }
-    body: dict[str, Any] = {
-        "error": error,
-        "sources": [s.model_dump() for s in retrieved_sources(retrieved.sources)],
-    }
-    headers = {"Retry-After": "5"} if status == 503 else None
-    return JSONResponse(body, status_code=status, headers=headers)
-
-
-def grounding_out(answer: Answer) -> GroundingOut:
-    return GroundingOut(
-        grounded=answer.grounded,
-        answer_type=answer.answer_type,
-        unsupported=[
-            UnsupportedOut(sentence=u.sentence, missing=list(u.missing)) for u in answer.unsupported
-        ],
-        retried=answer.retried,
-        warning=answer.warning,
-    )
+    raise invalid_input("question", "give 'question' or 'messages'")
 
 
 def answer_out(answer: Answer, retrieved: Retrieved, services: Services) -> ChatOut:
-    used = answer.sources_used
-    services.metrics.answers.labels(answer.answer_type).inc()
     return ChatOut(
         answer=answer.text,
         citations=[citation_out(c) for c in answer.citations],
-        sources=[source_out(ns) for ns in used],
+        sources=[source_out(ns) for ns in answer.sources_used],
         refused=answer.refused,
         citations_inferred=answer.citations_inferred,
         index=index_info(services, [h.updated_at for h in retrieved.hits]),
@@ -174,18 +58,6 @@ def answer_out(answer: Answer, retrieved: Retrieved, services: Services) -> Chat
 
 def sse(event: str, data: Any) -> str:
     return f"event: {event}\ndata: {json.dumps(data, default=str)}\n\n"
-
-
-def first_event(
-    services: Services,
-    question: str,
-    retrieved: Retrieved,
-    history: list[dict[str, str]],
-    on_ungrounded: OnUngrounded = "extractive",
-) -> tuple[AnswerEvent, Generator[AnswerEvent, None, None]]:
-    """Start the answer stream; LLM connection errors surface here, before any byte is sent."""
-    events = services.answerer.stream_answer(question, retrieved.sources, history, on_ungrounded)
-    return next(events), events
 
 
 @router.post(
@@ -216,13 +88,10 @@ async def chat(body: ChatBody, caller: CallerDep, services: ServicesDep, limits:
                     body.on_ungrounded,
                 )
             except LLMError as exc:
-                services.metrics.llm_errors.inc()
-                return upstream_error(exc, retrieved)
+                return upstream_error(exc, retrieved, services)
             finally:
                 slot.release()
-            if not answer.refused:
-                services.metrics.llm.labels("false").observe(time.perf_counter() - started)
-                services.metrics.tokens.labels("prompt").inc(answer.prompt_tokens)
+            record_answer(services, answer, time.perf_counter() - started, streamed=False)
             return answer_out(answer, retrieved, services)
 
         try:
@@ -230,9 +99,8 @@ async def chat(body: ChatBody, caller: CallerDep, services: ServicesDep, limits:
                 first_event, services, question, retrieved, history, body.on_ungrounded
             )
         except LLMError as exc:
-            services.metrics.llm_errors.inc()
             slot.release()
-            return upstream_error(exc, retrieved)
+            return upstream_error(exc, retrieved, services)
     except BaseException:
         slot.release()
         raise
@@ -248,16 +116,13 @@ async def chat(body: ChatBody, caller: CallerDep, services: ServicesDep, limits:
                     yield sse("token", {"text": event.text})
                 elif isinstance(event, AnswerDone):
                     out = answer_out(event.answer, retrieved, services)
-                    services.metrics.llm.labels("true").observe(time.perf_counter() - started)
+                    elapsed = time.perf_counter() - started
+                    record_answer(services, event.answer, elapsed, streamed=True)
                     # replaced: the streamed tokens failed the grounding guard; show `answer`
                     yield sse("done", {**out.model_dump(mode="json"), "replaced": event.replaced})
                 event = await slot.call(next, events, None)  # LLM reads off the pool
         except LLMError as exc:
-            services.metrics.llm_errors.inc()
-            yield sse(
-                "error",
-                {"type": llm_error_status(exc)[1], "upstream": exc.upstream, "message": exc.reason},
-            )
+            yield sse("error", stream_error(exc, services))
         finally:
             slot.release(events.close)  # after the running read: closes the upstream stream
 

@@ -8,14 +8,16 @@ import threading
 from dataclasses import asdict
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 
 from freshrag.api.auth import Caller
 from freshrag.api.deps import CallerDep, ServicesDep
+from freshrag.api.errors import api_error
 from freshrag.api.idempotency import IdempotencyCache, IdempotencyConflict, IdempotencyInFlight
-from freshrag.api.producer import Produced, ProduceError
 from freshrag.api.schemas import DocumentBody, DocumentStatusOut, WriteOut
 from freshrag.api.services import Services
+from freshrag.ingest.events import delete_event, encode_event, upsert_event
+from freshrag.ingest.producer import Produced, ProduceError
 
 router = APIRouter(prefix="/v1/documents", tags=["documents"])
 
@@ -63,13 +65,9 @@ def _write(
             caller.tenant, key, fingerprint, lambda: _send(services, event), wait_s
         )
     except IdempotencyConflict as exc:
-        raise HTTPException(
-            422, {"type": "idempotency_conflict", "field": "Idempotency-Key", "message": str(exc)}
-        ) from None
+        raise api_error(422, "idempotency_conflict", str(exc), field="Idempotency-Key") from None
     except IdempotencyInFlight as exc:
-        raise HTTPException(
-            409, {"type": "idempotency_in_flight", "field": "Idempotency-Key", "message": str(exc)}
-        ) from None
+        raise api_error(409, "idempotency_in_flight", str(exc), field="Idempotency-Key") from None
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"
     return produced
@@ -77,21 +75,16 @@ def _write(
 
 def _send(services: Services, event: dict[str, Any]) -> Produced:
     if services.producer is None:
-        raise HTTPException(
+        raise api_error(
             503,
-            {
-                "type": "upstream_unavailable",
-                "upstream": "kafka",
-                "message": "document writes are disabled in this process",
-            },
+            "upstream_unavailable",
+            "document writes are disabled in this process",
+            upstream="kafka",
         )
     try:
         produced: Produced = services.producer.send(event)
     except ProduceError as exc:
-        raise HTTPException(
-            503,
-            {"type": "upstream_unavailable", "upstream": exc.upstream, "message": exc.reason},
-        ) from None
+        raise api_error(503, "upstream_unavailable", exc.reason, upstream=exc.upstream) from None
     return produced
 
 
@@ -122,39 +115,31 @@ def upsert_document(
     limit = services.settings.max_document_bytes
     size = len(body.text.encode())
     if size > limit:
-        raise HTTPException(
+        raise api_error(
             413,
-            {
-                "type": "payload_too_large",
-                "field": "text",
-                "message": f"text is {size} bytes, over the {limit}-byte document limit",
-            },
+            "payload_too_large",
+            f"text is {size} bytes, over the {limit}-byte document limit",
+            field="text",
         )
-    event: dict[str, Any] = {
-        "op": "upsert",
-        "id": body.id,
-        "tenant": caller.tenant,
-        "title": body.title,
-        "text": body.text,
-        "url": body.url,
-        "source": body.source,
-        "metadata": body.metadata,
-    }
-    if body.version is not None:
-        event["version"] = body.version
-    if body.updated_at is not None:
-        event["updated_at"] = body.updated_at.isoformat()
+    event = upsert_event(
+        body.id,
+        body.text,
+        tenant=caller.tenant,
+        title=body.title,
+        url=body.url,
+        source=body.source,
+        version=body.version,
+        updated_at=body.updated_at,
+        metadata=body.metadata,
+    )
     # The flow dead-letters an event over the limit, and the event is more than its text.
-    event_size = len(json.dumps(event, ensure_ascii=False, default=str).encode())
+    event_size = len(encode_event(event)[1])
     if event_size > limit:
-        raise HTTPException(
+        raise api_error(
             413,
-            {
-                "type": "payload_too_large",
-                "field": "text",
-                "message": f"the document event is {event_size} bytes, over the "
-                f"{limit}-byte document limit",
-            },
+            "payload_too_large",
+            f"the document event is {event_size} bytes, over the {limit}-byte document limit",
+            field="text",
         )
     produced = _write(request, response, services, caller, idempotency_key, event)
     return _out(body.id, "upsert", produced)
@@ -180,9 +165,7 @@ def delete_document(
     version: int | None = Query(None, ge=0, description="defaults to the Kafka record time"),
     idempotency_key: IdempotencyKey = None,
 ) -> WriteOut:
-    event: dict[str, Any] = {"op": "delete", "id": doc_id, "tenant": caller.tenant}
-    if version is not None:
-        event["version"] = version
+    event = delete_event(doc_id, tenant=caller.tenant, version=version)
     produced = _write(request, response, services, caller, idempotency_key, event)
     return _out(doc_id, "delete", produced)
 
@@ -191,9 +174,7 @@ def delete_document(
 def document_status(doc_id: str, caller: CallerDep, services: ServicesDep) -> DocumentStatusOut:
     status = services.store.document_status(caller.tenant, doc_id)
     if status is None:  # another tenant's document is indistinguishable from a missing one
-        raise HTTPException(
-            404, {"type": "not_found", "message": f"document '{doc_id}' is not indexed"}
-        )
+        raise api_error(404, "not_found", f"document '{doc_id}' is not indexed")
     return DocumentStatusOut(
         id=doc_id,
         version=status.version,

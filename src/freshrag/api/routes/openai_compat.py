@@ -12,22 +12,24 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from freshrag.api.deps import CallerDep, ServicesDep
-from freshrag.api.limits import LimitsDep
-from freshrag.api.retrieval import retrieve_sources
-from freshrag.api.routes.chat import (
+from freshrag.api.chat_support import (
     citation_out,
     first_event,
     grounding_out,
-    llm_error_status,
+    record_answer,
     source_out,
     split_messages,
+    stream_error,
     upstream_error,
 )
+from freshrag.api.deps import CallerDep, ServicesDep
+from freshrag.api.errors import api_error
+from freshrag.api.limits import LimitsDep
+from freshrag.api.retrieval import retrieve_sources
 from freshrag.api.schemas import Filters, OpenAIChatBody
 from freshrag.generate.answer import AnswerDelta, AnswerDone, AnswerStart
 from freshrag.generate.llm import LLMError
@@ -50,14 +52,12 @@ async def chat_completions(
 ) -> Any:
     """Async like /v1/chat: the LLM call runs in the LLM executor, never in the threadpool."""
     if body.model != MODEL and not body.model.startswith(MODEL + ":"):
-        raise HTTPException(
+        raise api_error(
             404,
-            {
-                "type": "invalid_request_error",
-                "code": "model_not_found",
-                "field": "model",
-                "message": f"model '{body.model}' does not exist; use '{MODEL}'",
-            },
+            "invalid_request_error",
+            f"model '{body.model}' does not exist; use '{MODEL}'",
+            field="model",
+            code="model_not_found",
         )
     question, history = split_messages(body.messages, services)
     slot = limits.chat_slot(caller.tenant, openai=True)  # 429 in OpenAI's error shape
@@ -73,6 +73,7 @@ async def chat_completions(
         )
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())
+        started = time.perf_counter()
 
         if not body.stream:
             try:
@@ -80,9 +81,10 @@ async def chat_completions(
                     services.answerer.answer, question, retrieved.sources, history
                 )
             except LLMError as exc:
-                return upstream_error(exc, retrieved)
+                return upstream_error(exc, retrieved, services)
             finally:
                 slot.release()
+            record_answer(services, answer, time.perf_counter() - started, streamed=False)
             return {
                 "id": completion_id,
                 "object": "chat.completion",
@@ -111,7 +113,7 @@ async def chat_completions(
             first, events = await slot.call(first_event, services, question, retrieved, history)
         except LLMError as exc:
             slot.release()
-            return upstream_error(exc, retrieved)
+            return upstream_error(exc, retrieved, services)
     except BaseException:
         slot.release()
         raise
@@ -137,6 +139,8 @@ async def chat_completions(
                     yield chunk({"content": event.text})
                 elif isinstance(event, AnswerDone):
                     answer = event.answer
+                    elapsed = time.perf_counter() - started
+                    record_answer(services, answer, elapsed, streamed=True)
                     yield chunk(
                         {},
                         "stop",
@@ -151,12 +155,7 @@ async def chat_completions(
                     )
                 event = await slot.call(next, events, None)  # LLM reads off the pool
         except LLMError as exc:
-            err = {
-                "message": exc.reason,
-                "type": llm_error_status(exc)[1],
-                "upstream": exc.upstream,
-            }
-            yield f"data: {json.dumps({'error': err})}\n\n"
+            yield f"data: {json.dumps({'error': stream_error(exc, services)})}\n\n"
         finally:
             slot.release(events.close)
         yield "data: [DONE]\n\n"

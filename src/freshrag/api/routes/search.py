@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import time
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
 from freshrag.api.auth import Caller
 from freshrag.api.consistency import wait_for_token
 from freshrag.api.deps import CallerDep, ServicesDep
+from freshrag.api.errors import invalid_input
 from freshrag.api.limits import LimitsDep
 from freshrag.api.retrieval import hit_out, index_info, search_filter
 from freshrag.api.schemas import SearchBody, SearchOut
@@ -24,9 +25,7 @@ async def search(
     body: SearchBody, caller: CallerDep, services: ServicesDep, limits: LimitsDep
 ) -> SearchOut:
     if len(body.query) > services.settings.max_query_chars:
-        raise HTTPException(
-            422, {"type": "invalid", "field": "query", "message": "query is too long"}
-        )
+        raise invalid_input("query", "query is too long")
     await wait_for_token(services, limits, body.consistency_token)  # holds no thread
     return await run_in_threadpool(run_search, body, caller, services)
 

@@ -1,0 +1,166 @@
+"""The one way change events reach Kafka: `EventProducer.send` (one event, waits for the
+broker's acknowledgement: the API's writes) and `send_many` (a stream of events, batched and
+compressed: `freshrag load`). Both key each record by document id and encode it with
+`events.encode_event`, and both use the idempotent producer (no duplicates on retry).
+
+confluent_kafka is imported when a producer is made, so importing this module loads no client.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from freshrag.ingest.events import encode_event
+
+
+class ProduceError(RuntimeError):
+    def __init__(self, upstream: str, reason: str) -> None:
+        super().__init__(f"Kafka at {upstream}: {reason}")
+        self.upstream = upstream
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Produced:
+    topic: str
+    partition: int
+    offset: int
+
+    @property
+    def token(self) -> str:
+        """Consistency token: wait until the flow has indexed past this record."""
+        return f"{self.partition}:{self.offset}"
+
+
+class EventProducer:
+    """Produces native change events to `topic`.
+
+    `timeout_s` bounds each message (librdkafka fails it after that) and `send`'s wait;
+    `linger_ms` and `compression` trade latency for throughput (a loader batches, the API
+    does not)."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        timeout_s: float = 10.0,
+        *,
+        linger_ms: int = 0,
+        compression: str | None = None,
+    ) -> None:
+        from confluent_kafka import Producer
+
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.timeout_s = timeout_s
+        config: dict[str, Any] = {
+            "bootstrap.servers": bootstrap,
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": linger_ms,
+            "message.timeout.ms": int(timeout_s * 1000),
+            "message.max.bytes": 10_000_000,
+        }
+        if compression:
+            config["compression.type"] = compression
+        self._producer = Producer(config)
+        self._lock = threading.Lock()
+
+    def send(self, event: Mapping[str, Any]) -> Produced:
+        """Produce one event and wait for the broker's acknowledgement."""
+        from confluent_kafka import KafkaException
+
+        done = threading.Event()
+        outcome: dict[str, Any] = {}
+
+        def delivered(err: Any, msg: Any) -> None:
+            outcome["err"] = err
+            outcome["msg"] = msg
+            done.set()
+
+        key, value = encode_event(event)
+        try:
+            with self._lock:
+                self._producer.produce(self.topic, key=key, value=value, on_delivery=delivered)
+        except (KafkaException, BufferError) as exc:
+            raise ProduceError(self.bootstrap, str(exc)) from exc
+        # Bounded by the clock, not by loop passes: poll() returns early whenever it serves any
+        # callback (other requests' deliveries), so counting passes could give up long before
+        # the broker had a chance to acknowledge a write that then lands. librdkafka itself
+        # fails the message after message.timeout.ms, so its report arrives before this ends.
+        deadline = time.monotonic() + self.timeout_s + 1
+        while not done.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            self._producer.poll(min(0.05, remaining))
+        if not done.is_set():
+            raise ProduceError(self.bootstrap, "no acknowledgement before the timeout")
+        if outcome["err"] is not None:
+            raise ProduceError(self.bootstrap, str(outcome["err"]))
+        msg = outcome["msg"]
+        return Produced(msg.topic(), msg.partition(), msg.offset())
+
+    def send_many(
+        self,
+        events: Iterable[Mapping[str, Any]],
+        on_sent: Callable[[], None] = lambda: None,
+        limit: int | None = None,
+        flush_s: float = 60.0,
+    ) -> int:
+        """Produce events without waiting for each (a full queue waits for room), then wait for
+        every acknowledgement (up to `flush_s`); returns the count. `on_sent` runs per acknowledged
+        event.
+        Raises ProduceError when Kafka is unreachable or any event was not acknowledged."""
+        from confluent_kafka import KafkaException
+
+        errors: list[str] = []
+
+        def delivered(err: Any, _msg: Any) -> None:
+            if err is not None:
+                errors.append(str(err))
+            else:
+                on_sent()
+
+        try:
+            self._producer.list_topics(timeout=10)
+        except KafkaException as exc:
+            raise ProduceError(self.bootstrap, f"unreachable: {exc}") from None
+        sent = 0
+        for event in events:
+            if limit is not None and sent >= limit:
+                break
+            key, value = encode_event(event)
+            while True:
+                try:
+                    self._producer.produce(self.topic, key=key, value=value, on_delivery=delivered)
+                    break
+                except BufferError:
+                    self._producer.poll(0.5)
+                except KafkaException as exc:
+                    raise ProduceError(
+                        self.bootstrap, f"cannot produce to {self.topic}: {exc}"
+                    ) from exc
+            self._producer.poll(0)
+            sent += 1
+        remaining = self._producer.flush(flush_s)
+        if remaining or errors:
+            raise ProduceError(
+                self.bootstrap,
+                f"{remaining} event(s) not acknowledged, {len(errors)} failed: {errors[:3]}",
+            )
+        return sent
+
+    def ready(self, timeout_s: float = 2.0) -> bool:
+        try:
+            metadata = self._producer.list_topics(timeout=timeout_s)
+        except Exception:
+            return False
+        return bool(metadata.brokers)
+
+    def close(self) -> None:
+        self._producer.flush(5)
