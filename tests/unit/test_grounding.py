@@ -209,3 +209,10 @@ def test_the_make_run_demo_question_is_answered_from_the_sample_document() -> No
     demo_hallucination = "The Zephyr-9 flight time is 7.1 minutes."
     assert not check_grounding(demo_hallucination, sources, question).grounded
     assert check_grounding("It flies for 47 minutes on one battery [1].", sources).grounded
+
+
+def test_a_bare_citation_is_no_answer_and_falls_back() -> None:
+    llm = ScriptedLLM(["[1]", "[1]"])
+    a = Answerer(llm).answer(Q, SOURCES)
+    assert a.answer_type == "extractive" and "47 minutes" in a.text and len(llm.calls) == 2
+    assert a.unsupported[0].missing == ("no answer text",)

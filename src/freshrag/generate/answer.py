@@ -11,8 +11,19 @@ from collections.abc import Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal, Protocol
 
-from freshrag.generate.citations import Citation, CitationStream, attribute, extract_citations
-from freshrag.generate.grounding import SentenceCheck, check_grounding, extractive_answer
+from freshrag.generate.citations import (
+    Citation,
+    CitationStream,
+    attribute,
+    extract_citations,
+    strip_markers,
+)
+from freshrag.generate.grounding import (
+    Grounding,
+    SentenceCheck,
+    check_grounding,
+    extractive_answer,
+)
 from freshrag.generate.prompt import (
     ChatMessage,
     Prompt,
@@ -168,8 +179,10 @@ class Answerer:
         the raw text, flagged, when the caller asked for it)."""
         draft = _final(text, prompt)
         check = check_grounding(draft.text, prompt.cited_sources, question)
-        if check.grounded:
+        if check.grounded and _says_something(draft.text):
             return draft
+        if check.grounded:  # a bare "[2]" or an empty reply: nothing to present
+            check = Grounding(False, (SentenceCheck(draft.text, ("no answer text",)),))
         retried = False
         if self.retry_ungrounded:
             strict = build_prompt(
@@ -188,7 +201,7 @@ class Answerer:
                     second = None
                 if second is not None:
                     again = check_grounding(second.text, strict.cited_sources, question)
-                    if again.grounded:
+                    if again.grounded and _says_something(second.text):
                         return replace(second, retried=True)
         if on_ungrounded == "raw":
             return replace(
@@ -276,3 +289,8 @@ def _final(text: str, prompt: Prompt) -> Answer:
         prompt_tokens=prompt.prompt_tokens,
         citations_inferred=inferred,
     )
+
+
+def _says_something(text: str) -> bool:
+    """A reply with words besides its citation markers (some models answer a bare "[2]")."""
+    return any(c.isalnum() for c in strip_markers(text))
