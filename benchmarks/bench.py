@@ -22,6 +22,12 @@ the output and the others still run; the exit code is 1 when any failed):
   (benchmarks.serving);
 - edge_online_optimize: Edge search latency before / during / after an online HNSW build
   (benchmarks.edge_online_optimize);
+- scaling: on a real Qdrant server, ingest chunks/s for 1 process × 1 worker, 1 × 2 and 2 × 1
+  (Edge 1 × 1 for reference), and /v1/search through `freshrag serve` on the server next to
+  Edge, with a verdict on whether the cores or the design limit it (benchmarks.scaling);
+- qa: answer quality on a real `freshrag up` with the LLM (FRESHRAG_TEST_LLM_BASE_URL, else the
+  bundled one for the run): correct / stale / unsupported answers, citation precision and chat
+  latency before and after half of the documents change (benchmarks.qa);
 - peak RSS (VmHWM) of every process the harness starts, sampled from /proc.
 
 `--quick` runs every section at a tiny size (a couple of minutes) for `make test`; the figures
@@ -53,8 +59,8 @@ from benchmarks import report
 from benchmarks.rss import ProcessWatcher, peak_rss_mb
 
 ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = ("embedding", "ingest", "freshness", "serving", "edge_online_optimize")
-NEEDS_KAFKA = {"ingest", "freshness", "serving"}
+SECTIONS = ("embedding", "ingest", "freshness", "serving", "edge_online_optimize", "scaling", "qa")
+NEEDS_KAFKA = {"ingest", "freshness", "serving", "scaling", "qa"}
 
 
 # Sizes per preset: `quick` checks the harness in a couple of minutes (`make test`), `medium`
@@ -74,6 +80,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "stop_timeout_s": 10.0,
         },
         "edge_online_optimize": {"size": 2_000},
+        "qa": {"size": 8, "questions": 16},
+        "scaling": {"docs": 12, "serving_sizes": (1_000,), "queries": 10},
     },
     "medium": {
         "embedding": {"chunks": 128, "rounds": 2},
@@ -87,6 +95,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "min_phase_s": 8.0,
         },
         "edge_online_optimize": {"size": 10_000},
+        "qa": {"size": 24, "questions": 48},
+        "scaling": {"docs": 100, "repeats": 2, "serving_sizes": (20_000,), "queries": 60},
     },
     "full": {
         "embedding": {"chunks": 256},
@@ -94,6 +104,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "freshness": {"rates": (5, 20, 50), "duration_s": 30.0, "lever_duration_s": 10.0},
         "serving": {"sizes": (10_000, 100_000), "queries": 200, "ingest_docs": 5_183},
         "edge_online_optimize": {"size": 100_000},
+        "qa": {"size": None, "questions": None},
+        "scaling": {"docs": 400, "repeats": 2, "serving_sizes": (100_000,), "queries": 200},
     },
 }
 
@@ -146,12 +158,26 @@ def section_edge_online_optimize(ctx: Context) -> dict[str, Any]:
     return dict(run(path=ctx.workdir, log=log, **ctx.sizes("edge_online_optimize")))
 
 
+def section_scaling(ctx: Context) -> dict[str, Any]:
+    from benchmarks.scaling import run
+
+    return run(bootstrap=ctx.bootstrap, workdir=ctx.workdir, log=log, **ctx.sizes("scaling"))
+
+
+def section_qa(ctx: Context) -> dict[str, Any]:
+    from benchmarks.qa import run
+
+    return run(bootstrap=ctx.bootstrap, log=log, **ctx.sizes("qa"))
+
+
 RUNNERS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "embedding": section_embedding,
     "ingest": section_ingest,
     "freshness": section_freshness,
     "serving": section_serving,
     "edge_online_optimize": section_edge_online_optimize,
+    "scaling": section_scaling,
+    "qa": section_qa,
 }
 
 

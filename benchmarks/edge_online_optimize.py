@@ -172,7 +172,11 @@ def run(
         log(f"before: {len(before)} searches, p99 {percentile(before, 99):.1f} ms")
 
         steps: dict[str, float] = {}
-        store.step_hook = lambda step: steps.setdefault(step, time.perf_counter())
+
+        def mark(step: str) -> None:
+            steps.setdefault(step, time.perf_counter())
+
+        store.step_hook = mark
         outcome: list[Any] = []
         failure: list[BaseException] = []
 

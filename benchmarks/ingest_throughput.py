@@ -18,6 +18,11 @@ seconds per thread of the ingest process (from /proc), the embedding's share of 
 time (`freshrag_ingest_embed_seconds`), cores used, and, when py-spy is installed, the top
 functions of a sampled profile of the 2-worker run.
 
+`run_once` also runs a bytewax cluster (`processes` × `freshrag ingest -w N -i I -a A;B`, one
+recovery directory, the outcome counters of all processes summed) and writes to a fresh
+collection of a Qdrant server instead of Edge (`qdrant_url`, `qdrant_api_key`):
+`benchmarks.scaling` uses both.
+
 `run()` returns plain dicts (the `make bench` harness writes the report files); `__main__`
 prints a table. Needs Kafka: FRESHRAG_KAFKA_BOOTSTRAP, else a broker is started with
 `infra/kafka/kafka.sh` for the run.
@@ -38,6 +43,7 @@ import sys
 import tempfile
 import time
 import uuid
+import warnings
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -311,64 +317,142 @@ def _short_frame(frame: str) -> str:
     return f"{match.group(1)} ({Path(match.group(2)).name})"
 
 
+def server_count(url: str, api_key: str | None, collection: str) -> int | None:
+    """Points in a collection of a Qdrant server (None when it cannot be read)."""
+    from freshrag.retrieve.server_store import QdrantServerStore
+
+    try:
+        with warnings.catch_warnings():  # "Api key is used with an insecure connection"
+            warnings.simplefilter("ignore", UserWarning)
+            store = QdrantServerStore.from_url(url, api_key=api_key, collection=collection)
+        try:
+            return store.count()
+        finally:
+            store.close()
+    except Exception:
+        return None
+
+
+def drop_server_collection(url: str, api_key: str | None, collection: str) -> None:
+    """Best effort: leave the server as we found it (the collection and its watermarks)."""
+    from qdrant_client import QdrantClient
+
+    with contextlib.suppress(Exception), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # API key over http on loopback
+        client = QdrantClient(url=url, api_key=api_key, check_compatibility=False)
+        try:
+            for name in (collection, f"{collection}_watermarks"):
+                if client.collection_exists(name):
+                    client.delete_collection(name)
+        finally:
+            client.close()
+
+
 def run_once(
     bootstrap: str,
     events: Sequence[dict[str, Any]],
     workers: int,
     *,
+    processes: int = 1,
+    qdrant_url: str | None = None,
+    qdrant_api_key: str | None = None,
     partitions: int = 4,
     snapshot_interval: float = 5.0,
     timeout_s: float = 1800,
     profile_s: float = 0,
     env: Mapping[str, str] | None = None,
+    extra_pids: Sequence[int] = (),
 ) -> dict[str, Any]:
-    """One `freshrag ingest -w workers` over a fresh topic holding `events`."""
+    """`processes` × `freshrag ingest -w workers` (a bytewax cluster when processes > 1, `-i`/`-a`,
+    one recovery directory) over a fresh topic holding `events`, into a fresh Edge shard or, with
+    `qdrant_url`, a fresh collection on that Qdrant server (dropped afterwards). The outcome
+    counters of all processes are summed. `extra_pids` (e.g. the Qdrant server) get their CPU
+    seconds over the same window reported as `extra_cpu_s`."""
     from freshrag.ingest.loader import produce_events
 
     topic = create_topic(bootstrap, "bench-ingest", partitions)
-    workdir = Path(tempfile.mkdtemp(prefix=f"bench-ingest-w{workers}-"))
-    port = free_port()
-    proc: subprocess.Popen[bytes] | None = None
+    workdir = Path(tempfile.mkdtemp(prefix=f"bench-ingest-p{processes}w{workers}-"))
+    collection = f"bench_ingest_{uuid.uuid4().hex[:10]}" if qdrant_url else "freshrag"
+    store_env: dict[str, str] = {}
+    if qdrant_url:
+        store_env = {"FRESHRAG_QDRANT_URL": qdrant_url, "FRESHRAG_COLLECTION": collection}
+        if qdrant_api_key:
+            store_env["FRESHRAG_QDRANT_API_KEY"] = qdrant_api_key
+    ports = [free_port() for _ in range(processes)]
+    cluster = [f"127.0.0.1:{free_port()}" for _ in range(processes)] if processes > 1 else []
+    procs: list[subprocess.Popen[bytes]] = []
+    logs: list[Path] = []
     spy: subprocess.Popen[bytes] | None = None
     http = httpx.Client(timeout=2)
     result: dict[str, Any] = {}
     try:
         produced = produce_events(bootstrap, topic, iter(events))
-        log = workdir / "ingest.log"
-        cmd = [sys.executable, "-m", "freshrag.cli", "ingest", "-w", str(workers)]
-        cmd += ["-r", str(workdir / "recovery"), "-s", str(snapshot_interval)]
+        recovery = workdir / "recovery"
+        if processes > 1:
+            # one recovery directory for the cluster: initialised once, before either process
+            # starts, so the two never race to create it
+            from freshrag.ingest.runner import IngestOptions, prepare_recovery
+
+            prepare_recovery(IngestOptions(recovery_dir=recovery))
         started = time.monotonic()
-        proc = subprocess.Popen(
-            cmd,
-            cwd=ROOT,
-            env=base_env(
-                bootstrap, topic, workdir, FRESHRAG_METRICS_PORT=str(port), **dict(env or {})
-            ),
-            stdout=log.open("w"),
-            stderr=subprocess.STDOUT,
-        )
-        url = f"http://127.0.0.1:{port}/metrics"
+        for i in range(processes):
+            log = workdir / f"ingest-{i}.log"
+            cmd = [sys.executable, "-m", "freshrag.cli", "ingest", "-w", str(workers)]
+            cmd += ["-r", str(recovery), "-s", str(snapshot_interval)]
+            if cluster:
+                cmd += ["-i", str(i), "-a", ";".join(cluster)]
+            proc_env = base_env(
+                bootstrap,
+                topic,
+                workdir,
+                FRESHRAG_METRICS_PORT=str(ports[i]),
+                **store_env,
+                **dict(env or {}),
+            )
+            procs.append(
+                subprocess.Popen(
+                    cmd, cwd=ROOT, env=proc_env, stdout=log.open("w"), stderr=subprocess.STDOUT
+                )
+            )
+            logs.append(log)
+        urls = [f"http://127.0.0.1:{p}/metrics" for p in ports]
         flowing = first_write = done = None
-        cpu_at_flowing = 0.0
+        cpu_at_flowing: list[float] = []
+        extra_at_flowing = 0.0
         threads_at_flowing: dict[str, float] = {}
         samples: dict[str, float] = {}
+        seen_flowing: set[int] = set()
         deadline = started + timeout_s
         while done is None:
-            if proc.poll() is not None:
-                raise RuntimeError(f"ingest exited with {proc.returncode}:\n{log_tail(log)}")
+            for proc, log in zip(procs, logs, strict=True):
+                if proc.poll() is not None:
+                    raise RuntimeError(f"ingest exited with {proc.returncode}:\n{log_tail(log)}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"ingest not done in {timeout_s} s; last metrics {samples}")
-            samples = scrape(http, url)
+            per_proc = [scrape(http, url) for url in urls]
+            samples = _summed(per_proc)
             now = time.monotonic()
-            if flowing is None and any(
-                k.startswith("freshrag_ingest_source_offset") for k in samples
+            for i, s in enumerate(per_proc):
+                if any(k.startswith("freshrag_ingest_source_offset") for k in s):
+                    seen_flowing.add(i)
+            # a bytewax cluster runs once every process has joined: flowing is when all have
+            # reported a source position (or one has, and chunks are already being written:
+            # a process whose workers hold no partition never reports one)
+            if flowing is None and (
+                len(seen_flowing) == processes
+                or (seen_flowing and total(samples, "freshrag_ingest_chunks_written_total") > 0)
             ):
                 flowing = now
-                cpu_at_flowing = cpu_seconds(proc.pid)
-                threads_at_flowing = thread_cpu(proc.pid)
+                cpu_at_flowing = [cpu_seconds(p.pid) for p in procs]
+                extra_at_flowing = sum(cpu_seconds(pid) for pid in extra_pids)
+                threads_at_flowing = _thread_cpu_all(procs)
                 if profile_s > 0 and (tool := _py_spy()):
                     spy = subprocess.Popen(
-                        [tool, *_py_spy_args(proc.pid, profile_s), str(workdir / "profile.txt")],
+                        [
+                            tool,
+                            *_py_spy_args(procs[0].pid, profile_s),
+                            str(workdir / "profile.txt"),
+                        ],
                         stdout=subprocess.DEVNULL,
                         stderr=(workdir / "py-spy.log").open("w"),
                     )
@@ -378,16 +462,25 @@ def run_once(
                 done = now
                 break
             time.sleep(POLL_S)
-        assert flowing is not None and first_write is not None
-        cpu_used = cpu_seconds(proc.pid) - cpu_at_flowing
-        threads_end = thread_cpu(proc.pid)
-        peak_rss_kb = proc_status_kb(proc.pid, "VmHWM") or 0
+        if flowing is None:  # done before any poll saw a position: the run was too short
+            flowing = first_write or started
+            cpu_at_flowing = [0.0 for _ in procs]
+        assert first_write is not None
+        cpu_each = [cpu_seconds(p.pid) - c0 for p, c0 in zip(procs, cpu_at_flowing, strict=True)]
+        cpu_used = sum(cpu_each)
+        extra_cpu = sum(cpu_seconds(pid) for pid in extra_pids) - extra_at_flowing
+        threads_end = _thread_cpu_all(procs)
+        peak_each = [(proc_status_kb(p.pid, "VmHWM") or 0) / 1024 for p in procs]
         elapsed = max(done - flowing, 1e-9)
         chunks = total(samples, "freshrag_ingest_chunks_written_total")
         embed_s = total(samples, "freshrag_ingest_embed_seconds_sum")
         result = {
+            "processes": processes,
             "workers": workers,
+            "store": "Qdrant server" if qdrant_url else "Qdrant Edge",
             "docs": produced,
+            "outcomes": int(outcomes(samples)),
+            "outcomes_per_process": [int(outcomes(s)) for s in per_proc],
             "chunks": int(chunks),
             "applied": int(
                 sum(
@@ -403,18 +496,20 @@ def run_once(
                 if k.startswith("freshrag_ingest_dead_letters_total{")
             },
             "startup_s": round(flowing - started, 2),
-            "time_to_first_write_s": round(first_write - flowing, 2),
+            "time_to_first_write_s": round(max(first_write - flowing, 0.0), 2),
             "time_to_first_write_from_start_s": round(first_write - started, 2),
             "ingest_s": round(elapsed, 2),
             "docs_per_s": round(produced / elapsed, 2),
             "chunks_per_s": round(chunks / elapsed, 2),
-            "peak_rss_mb": round(peak_rss_kb / 1024, 1),
+            "peak_rss_mb": round(max(peak_each), 1),
+            "peak_rss_mb_per_process": [round(x, 1) for x in peak_each],
             "cpu_s": round(cpu_used, 1),
+            "cpu_s_per_process": [round(x, 1) for x in cpu_each],
             "cores_used": round(cpu_used / elapsed, 2),
             "embed_s": round(embed_s, 1),
             "embed_batches": int(total(samples, "freshrag_ingest_embed_seconds_count")),
             # the embedding's share of the workers' wall time (1.0: the workers only embed)
-            "embed_share_of_worker_time": round(embed_s / (elapsed * workers), 3),
+            "embed_share_of_worker_time": round(embed_s / (elapsed * workers * processes), 3),
             "thread_cpu_s": {
                 k: round(v - threads_at_flowing.get(k, 0.0), 1)
                 for k, v in threads_end.items()
@@ -422,9 +517,12 @@ def run_once(
             },
             "load_average_1m": load_average(),
         }
+        if extra_pids:
+            result["extra_cpu_s"] = round(extra_cpu, 1)
         if result["dead_letters"]:
             result["log_warnings"] = [
                 line[:300]
+                for log in logs
                 for line in log_tail(log, 200_000).splitlines()
                 if " WARNING " in line or " ERROR " in line
             ][-10:]
@@ -444,13 +542,40 @@ def run_once(
         http.close()
         if spy is not None and spy.poll() is None:
             spy.kill()
-        if proc is not None:
+        # SIGTERM every process of the cluster first: one waits for its peers to stop
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs:
             stop_process(proc)
-            if result:
-                # what the index holds: chunks written twice (a replay) count once here
-                result["chunks_indexed"] = index_count(workdir / "index")
+        if result:
+            # what the index holds: chunks written twice (a replay) count once here
+            result["chunks_indexed"] = (
+                server_count(qdrant_url, qdrant_api_key, collection)
+                if qdrant_url
+                else index_count(workdir / "index")
+            )
+        if qdrant_url:
+            drop_server_collection(qdrant_url, qdrant_api_key, collection)
         delete_topics(bootstrap, topic, f"{topic}.dlq")
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _summed(per_proc: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """Samples of several processes' endpoints, summed per name and label set."""
+    out: dict[str, float] = {}
+    for samples in per_proc:
+        for k, v in samples.items():
+            out[k] = out.get(k, 0.0) + v
+    return out
+
+
+def _thread_cpu_all(procs: Sequence[subprocess.Popen[bytes]]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for p in procs:
+        for k, v in thread_cpu(p.pid).items():
+            out[k] = out.get(k, 0.0) + v
+    return out
 
 
 def run(

@@ -145,6 +145,14 @@ def headline(section: str, result: Result) -> dict[str, float]:
         out.update(_freshness_headline(result))
     elif section == "edge_online_optimize":
         out.update(_optimize_headline(result))
+    elif section == "scaling":
+        from benchmarks.scaling import headline as scaling_headline
+
+        out.update(scaling_headline(result))
+    elif section == "qa":
+        from benchmarks.qa import headline as qa_headline
+
+        out.update(qa_headline(result))
     return {k: v for k, v in out.items() if v is not None}
 
 
@@ -432,12 +440,26 @@ def md_rss(rows: Sequence[Mapping[str, Any]]) -> str:
     )
 
 
+def md_scaling(result: Result) -> str:
+    from benchmarks.scaling import markdown
+
+    return markdown(result)
+
+
+def md_qa(result: Result) -> str:
+    from benchmarks.qa import markdown
+
+    return markdown(result)
+
+
 RENDERERS: dict[str, Callable[[Result], str]] = {
     "embedding": md_embedding,
     "ingest": md_ingest,
     "serving": md_serving,
     "freshness": md_freshness,
     "edge_online_optimize": md_edge_online_optimize,
+    "scaling": md_scaling,
+    "qa": md_qa,
 }
 
 TITLES = {
@@ -446,6 +468,8 @@ TITLES = {
     "freshness": "Freshness: produced → visible in /v1/search",
     "serving": "Serving: /v1/search through HTTP",
     "edge_online_optimize": "Edge HNSW optimize without downtime: search before / during / after",
+    "scaling": "Scale-out on a real Qdrant server: ingest processes × workers, search next to Edge",
+    "qa": "Freshness QA: answers correct, current and grounded (POST /v1/chat)",
 }
 
 

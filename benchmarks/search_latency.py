@@ -30,7 +30,7 @@ from rich.console import Console
 from rich.table import Table
 
 from freshrag.core.sparse import Bm25Encoder
-from freshrag.retrieve.contract import DENSE_DIM, ChunkPoint, SearchFilter
+from freshrag.retrieve.contract import DENSE_DIM, ChunkPoint, SearchFilter, Store
 from freshrag.retrieve.edge_store import EdgeStore
 from freshrag.retrieve.search import HybridSearcher, SearchMode, SearchRequest
 
@@ -103,6 +103,17 @@ def build(
 ) -> tuple[EdgeStore, BuildStats]:
     store = EdgeStore(root, collection=f"bench_{corpus.size}_{tenants}t")
     store.ensure_collection()
+    upsert_s = fill(store, corpus, tenants, bm25)
+    log(
+        f"built {corpus.size} chunks / {tenants} tenants: upsert {upsert_s:.1f}s "
+        f"({corpus.size / upsert_s:,.0f}/s)"
+    )
+    return store, BuildStats(corpus.size, tenants, upsert_s, corpus.size / upsert_s, None)
+
+
+def fill(store: Store, corpus: Corpus, tenants: int, bm25: Bm25Encoder) -> float:
+    """Upsert the corpus's chunks into any contract store (Edge or server); the seconds spent
+    in `upsert_chunks`."""
     upsert_s = 0.0
     for start in range(0, corpus.size, BATCH):
         idx = range(start, min(start + BATCH, corpus.size))
@@ -130,11 +141,7 @@ def build(
         started = time.perf_counter()
         store.upsert_chunks(points)
         upsert_s += time.perf_counter() - started
-    log(
-        f"built {corpus.size} chunks / {tenants} tenants: upsert {upsert_s:.1f}s "
-        f"({corpus.size / upsert_s:,.0f}/s)"
-    )
-    return store, BuildStats(corpus.size, tenants, upsert_s, corpus.size / upsert_s, None)
+    return upsert_s
 
 
 def optimize(store: EdgeStore) -> float | None:

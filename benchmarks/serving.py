@@ -37,7 +37,8 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,7 @@ import httpx
 import numpy as np
 
 from benchmarks.rss import peak_rss_mb
-from benchmarks.search_latency import WORDS_PER_CHUNK, Corpus, build, optimize
+from benchmarks.search_latency import WORDS_PER_CHUNK, Corpus, build, fill, optimize
 
 ROOT = Path(__file__).resolve().parents[1]
 SCIFACT_DIR = ROOT.parent / "shared/data/scifact"
@@ -148,10 +149,21 @@ def ingest_events(docs: Sequence[tuple[str, str]], count: int) -> Iterator[dict[
 
 
 class UpServer:
-    """`freshrag up` as a subprocess over a prepared Edge shard."""
+    """`freshrag up` as a subprocess over a prepared Edge shard; with `command="serve"`, the
+    API alone (`freshrag serve`), over that shard or, with `store_env` (FRESHRAG_QDRANT_URL,
+    FRESHRAG_QDRANT_API_KEY), over `collection` on a Qdrant server."""
 
-    def __init__(self, workdir: Path, bootstrap: str, collection: str) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        bootstrap: str,
+        collection: str,
+        *,
+        command: str = "up",
+        store_env: Mapping[str, str] | None = None,
+    ) -> None:
         self.workdir = workdir
+        self.command = command
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.topic = f"bench-serving-{uuid.uuid4().hex[:8]}"
@@ -175,17 +187,19 @@ class UpServer:
                 "FRESHRAG_API_KEYS": f"{API_KEY}={TENANT}",
                 # no LLM is needed for search; a closed port makes /readyz's LLM probe fail fast
                 "FRESHRAG_OPENAI_BASE_URL": f"http://127.0.0.1:{free_port()}/v1",
+                **dict(store_env or {}),
             }
         )
         self.proc: subprocess.Popen[bytes] | None = None
-        self.log = workdir / f"up-{collection}.log"
+        self.log = workdir / f"{command}-{collection}.log"
         self.http = httpx.Client(base_url=self.url, timeout=10)
 
     def start(self, timeout: float = 600) -> float:
         started = time.perf_counter()
+        args = ["up", "-r", str(self.workdir / "recovery")] if self.command == "up" else ["serve"]
         with self.log.open("w") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "freshrag.cli", "up", "-r", str(self.workdir / "recovery")],
+                [sys.executable, "-m", "freshrag.cli", *args],
                 cwd=ROOT,
                 env=self.env,
                 stdout=log,
@@ -195,7 +209,7 @@ class UpServer:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(
-                    f"freshrag up exited with {self.proc.returncode}:\n{self.tail()}"
+                    f"freshrag {self.command} exited with {self.proc.returncode}:\n{self.tail()}"
                 )
             try:
                 if self.http.get("/readyz").status_code == 200:
@@ -203,7 +217,7 @@ class UpServer:
             except httpx.HTTPError:
                 pass
             time.sleep(0.5)
-        raise RuntimeError(f"freshrag up not ready after {timeout}s:\n{self.tail()}")
+        raise RuntimeError(f"freshrag {self.command} not ready after {timeout}s:\n{self.tail()}")
 
     def tail(self, chars: int = 3000) -> str:
         return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
@@ -432,6 +446,89 @@ def serve_size(
         log(f"freshrag up stopped in {out['up_stop_s']}s (exit {code})")
         if code not in (0, None, -signal.SIGKILL):
             log(f"freshrag up exited with {code}:\n{up.tail()}")
+    return out
+
+
+def wait_server_indexed(store: Any, timeout_s: float = 900) -> float:
+    """Seconds until a Qdrant server collection is green (its optimizers, HNSW included, done),
+    so the server is measured optimized, like the Edge shard after `optimize()`."""
+    from qdrant_client import models
+
+    started = time.perf_counter()
+    while True:
+        info = store.client.get_collection(store.collection)
+        if info.status == models.CollectionStatus.GREEN:
+            return time.perf_counter() - started
+        if time.perf_counter() - started > timeout_s:
+            raise RuntimeError(f"collection {store.collection} not green after {timeout_s}s")
+        time.sleep(0.5)
+
+
+def serve_search(
+    size: int,
+    workdir: Path,
+    bootstrap: str,
+    pool_texts: Sequence[str],
+    docs: Sequence[tuple[str, str]],
+    *,
+    qdrant_url: str | None = None,
+    qdrant_api_key: str | None = None,
+    queries: int,
+    queries_c8: int,
+    min_phase_s: float = 0.0,
+    log: Log = _print,
+) -> dict[str, Any]:
+    """Idle search latency through `freshrag serve` (HTTP /v1/search, query embedding included)
+    over `size` synthetic chunks: on a fresh Edge shard (optimized), or, with `qdrant_url`, on a
+    fresh collection of that Qdrant server (once the server has indexed it; dropped after)."""
+    from freshrag.core.sparse import Bm25Encoder
+    from freshrag.retrieve.stores import open_store
+
+    backend = "Qdrant server" if qdrant_url else "Qdrant Edge"
+    workdir.mkdir(parents=True, exist_ok=True)
+    collection = f"bench_serve_{size}_{uuid.uuid4().hex[:8]}"
+    with warnings.catch_warnings():  # "Api key is used with an insecure connection": loopback
+        warnings.simplefilter("ignore", UserWarning)
+        store = open_store(qdrant_url, workdir / "index", collection, api_key=qdrant_api_key)
+    store.ensure_collection()
+    t0 = time.perf_counter()
+    upsert_s = fill(store, TextCorpus(size, chunk_texts(docs)), 1, Bm25Encoder())
+    index_s = wait_server_indexed(store) if qdrant_url else optimize(store)  # type: ignore[arg-type]
+    points = store.count()
+    store.close()
+    build_s = time.perf_counter() - t0
+    log(f"{backend}, {size:,} chunks: {points} points, built in {build_s:.1f}s")
+    store_env = {}
+    if qdrant_url:
+        store_env["FRESHRAG_QDRANT_URL"] = qdrant_url
+        if qdrant_api_key:
+            store_env["FRESHRAG_QDRANT_API_KEY"] = qdrant_api_key
+    api = UpServer(workdir, bootstrap, collection, command="serve", store_env=store_env)
+    out: dict[str, Any] = {
+        "backend": backend,
+        "size": size,
+        "points": points,
+        "build_s": round(build_s, 1),
+        "upserts_per_s": round(size / upsert_s, 1) if upsert_s > 0 else None,
+        "index_s": None if index_s is None else round(index_s, 1),
+    }
+    phases: list[dict[str, Any]] = []
+    try:
+        out["serve_start_s"] = round(api.start(), 1)
+        pool = QueryPool(pool_texts)
+        run_phase(api.url, pool, 10, 2)  # warm-up: connections, first model calls
+        for concurrency, n in ((1, queries), (8, queries_c8)):
+            phase = run_phase(api.url, pool, n, concurrency, min_phase_s)
+            phases.append({"backend": backend, "size": size, "state": "idle", **phase})
+            log(f"{backend} c{concurrency}: p50 {phase['p50_ms']} p99 {phase['p99_ms']} ms")
+        out["serve_peak_rss_mb"] = _round(api.peak_rss_mb())
+    finally:
+        out["serve_exit"] = api.stop()
+        if qdrant_url:
+            from benchmarks.ingest_throughput import drop_server_collection
+
+            drop_server_collection(qdrant_url, qdrant_api_key, collection)
+    out["phases"] = phases
     return out
 
 

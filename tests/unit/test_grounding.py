@@ -215,4 +215,29 @@ def test_a_bare_citation_is_no_answer_and_falls_back() -> None:
     llm = ScriptedLLM(["[1]", "[1]"])
     a = Answerer(llm).answer(Q, SOURCES)
     assert a.answer_type == "extractive" and "47 minutes" in a.text and len(llm.calls) == 2
-    assert a.unsupported[0].missing == ("no answer text",)
+    assert a.unsupported[0].missing == ("no answer",)
+
+
+def test_non_answers_are_told_from_answers() -> None:
+    from freshrag.generate.grounding import answers_question
+
+    assert not answers_question(Q, "[1]")
+    assert not answers_question(Q, "The source with the number [1] is:")
+    assert not answers_question(Q, "The Zephyr-9 flight time is described in the source [1].")
+    assert answers_question(Q, "It flies for 47 minutes [1].")
+    assert answers_question(Q, "The indexed sources do not cover this question.")
+    assert answers_question("Who leads the design team?", "Ingrid Solberg leads it [1].")
+    assert answers_question("Is it foldable?", "Yes [1].")
+
+
+def test_a_marker_never_lands_inside_a_decimal() -> None:
+    from freshrag.generate.citations import attribute
+
+    text = attribute("The mast is 43.17 metres tall.", [src("The mast is 43.17 metres tall.")])
+    assert "43.17" in text and text.endswith("[1].")
+
+
+def test_an_uncited_sentence_may_not_stitch_two_sources() -> None:
+    # 310 (source 2) with the Zephyr's 47 minutes (source 1), uncited: no single source says it
+    assert not check_grounding("It flies for 47 minutes over 310 km.", SOURCES).grounded
+    assert check_grounding("It flies for 47 minutes.", SOURCES).grounded

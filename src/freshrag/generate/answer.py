@@ -16,11 +16,11 @@ from freshrag.generate.citations import (
     CitationStream,
     attribute,
     extract_citations,
-    strip_markers,
 )
 from freshrag.generate.grounding import (
     Grounding,
     SentenceCheck,
+    answers_question,
     check_grounding,
     extractive_answer,
 )
@@ -179,10 +179,10 @@ class Answerer:
         the raw text, flagged, when the caller asked for it)."""
         draft = _final(text, prompt)
         check = check_grounding(draft.text, prompt.cited_sources, question)
-        if check.grounded and _says_something(draft.text):
+        if check.grounded and answers_question(question, draft.text):
             return draft
-        if check.grounded:  # a bare "[2]" or an empty reply: nothing to present
-            check = Grounding(False, (SentenceCheck(draft.text, ("no answer text",)),))
+        if check.grounded:  # "[2]", or "The source with the number [n] is:": nothing to show
+            check = Grounding(False, (SentenceCheck(draft.text, ("no answer",)),))
         retried = False
         if self.retry_ungrounded:
             strict = build_prompt(
@@ -201,7 +201,7 @@ class Answerer:
                     second = None
                 if second is not None:
                     again = check_grounding(second.text, strict.cited_sources, question)
-                    if again.grounded and _says_something(second.text):
+                    if again.grounded and answers_question(question, second.text):
                         return replace(second, retried=True)
         if on_ungrounded == "raw":
             return replace(
@@ -289,8 +289,3 @@ def _final(text: str, prompt: Prompt) -> Answer:
         prompt_tokens=prompt.prompt_tokens,
         citations_inferred=inferred,
     )
-
-
-def _says_something(text: str) -> bool:
-    """A reply with words besides its citation markers (some models answer a bare "[2]")."""
-    return any(c.isalnum() for c in strip_markers(text))

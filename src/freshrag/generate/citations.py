@@ -195,7 +195,9 @@ def clean_stream(deltas: Iterable[str], n_sources: int) -> Iterable[str]:
 # so an answer the sources do not back (a wrong number, outside knowledge) gets no citation.
 
 _WORD_RE = re.compile(r"[a-z0-9]+(?:[.'][a-z0-9]+)*")
-_SENTENCE_RE = re.compile(r"[^.!?\n]+(?:[.!?]+|\n|$)")
+# A sentence ends at . ! ? before a blank or the end: "43.17 metres" and "v2.0" stay whole (a
+# marker must never land inside a number).
+_SENTENCE_RE = re.compile(r"(?:[^.!?\n]|[.!?](?=[^\s.!?]))+(?:[.!?]+|\n|$)")
 _STOPWORDS = frozenset(
     (
         "a an and are as at be been but by can could did do does for from had has have he her "

@@ -215,9 +215,12 @@ def check_grounding(text: str, sources: Sequence[Source], question: str = "") ->
                 frozenset().union(*(per_source[n - 1].number_units for n in cited)),
                 frozenset().union(*(per_source[n - 1].words for n in cited)),
             )
+            missing = evidence.missing(sentence, given)
+        elif any(not one.missing(sentence, given) for one in per_source):
+            missing = []  # one source backs the whole sentence
         else:
-            evidence = every
-        missing = evidence.missing(sentence, given)
+            # an uncited sentence must not stitch facts from different documents together
+            missing = every.missing(sentence, given) or ["claims from different sources"]
         if missing:
             bad.append(SentenceCheck(sentence, tuple(dict.fromkeys(missing))))
     return Grounding(not bad, tuple(bad))
@@ -244,6 +247,35 @@ _CUES = (
 _DATE_CUE = re.compile(r"\b(when|what year|which year|date|founded|opened|launched|since)\b")
 _NUMBER_CUE = re.compile(r"\bhow (many|much|long|far|old|big|fast|high|tall)\b|\bwhat is the\b")
 _YEAR_RE = re.compile(r"\b(1[89]\d\d|20\d\d)\b")
+
+
+_NON_ANSWER_TERMS = frozenset("source sources number numbers text document answer question".split())
+_DONT_KNOW_RE = re.compile(
+    r"\b(do(es)? not (cover|say|mention|state|contain)|don't know|do not know|not (stated|"
+    r"mentioned|covered)|no information)\b",
+    re.IGNORECASE,
+)
+
+
+def answers_question(question: str, text: str) -> bool:
+    """Whether a reply says anything at all about the question: not a bare "[2]", not "The
+    source with the number [n] is:". A question that asks for a quantity or a date needs a
+    number the question does not already hold; any other needs a word the question does not
+    hold. An honest "the sources do not say" counts as an answer."""
+    body = MARKER_RE.sub(" ", text)
+    if not any(c.isalnum() for c in body):
+        return False
+    if _DONT_KNOW_RE.search(body) or re.match(r"\s*(yes|no)\b", body, re.IGNORECASE):
+        return True
+    q = question.lower()
+    asks_quantity = bool(_NUMBER_CUE.search(q) and not q.startswith("what is the name")) or bool(
+        _DATE_CUE.search(q)
+    )
+    given_numbers = {n for n, _ in _numbers_with_units(question)}
+    if asks_quantity and re.search(r"\bhow (many|much|long|far|old)\b|\bwhen\b|\byear\b", q):
+        return bool({n for n, _ in _numbers_with_units(body)} - given_numbers)
+    new_terms = _stems(body) - _stems(question) - _NON_ANSWER_TERMS
+    return bool(new_terms) or bool({n for n, _ in _numbers_with_units(body)} - given_numbers)
 
 
 def source_sentences(text: str) -> list[str]:
