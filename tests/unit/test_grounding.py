@@ -241,3 +241,10 @@ def test_an_uncited_sentence_may_not_stitch_two_sources() -> None:
     # 310 (source 2) with the Zephyr's 47 minutes (source 1), uncited: no single source says it
     assert not check_grounding("It flies for 47 minutes over 310 km.", SOURCES).grounded
     assert check_grounding("It flies for 47 minutes.", SOURCES).grounded
+
+
+def test_when_questions_may_be_answered_in_words() -> None:
+    from freshrag.generate.grounding import answers_question
+
+    assert answers_question("When do emperor penguins breed?", "During the Antarctic winter [1].")
+    assert not answers_question("What year did it first fly?", "It first flew [1].")

@@ -268,11 +268,10 @@ def answers_question(question: str, text: str) -> bool:
     if _DONT_KNOW_RE.search(body) or re.match(r"\s*(yes|no)\b", body, re.IGNORECASE):
         return True
     q = question.lower()
-    asks_quantity = bool(_NUMBER_CUE.search(q) and not q.startswith("what is the name")) or bool(
-        _DATE_CUE.search(q)
-    )
     given_numbers = {n for n, _ in _numbers_with_units(question)}
-    if asks_quantity and re.search(r"\bhow (many|much|long|far|old)\b|\bwhen\b|\byear\b", q):
+    # "how many/much/long/far/old", "what year": only a number answers it ("when" can be
+    # answered in words: "in winter")
+    if re.search(r"\bhow (many|much|long|far|old)\b|\b(what|which) year\b", q):
         return bool({n for n, _ in _numbers_with_units(body)} - given_numbers)
     new_terms = _stems(body) - _stems(question) - _NON_ANSWER_TERMS
     return bool(new_terms) or bool({n for n, _ in _numbers_with_units(body)} - given_numbers)

@@ -131,16 +131,20 @@ async def chat_completions(
 
     async def stream() -> AsyncIterator[str]:
         event: Any = first
+        shown = ""
         try:
             while event is not None:
                 if isinstance(event, AnswerStart):
                     yield chunk({"role": "assistant", "content": ""})
                 elif isinstance(event, AnswerDelta):
+                    shown += event.text
                     yield chunk({"content": event.text})
                 elif isinstance(event, AnswerDone):
                     answer = event.answer
                     elapsed = time.perf_counter() - started
                     record_answer(services, answer, elapsed, streamed=True)
+                    if event.replaced:  # an OpenAI client only reads `content`: correct it there
+                        yield chunk({"content": replacement(shown, answer.text)})
                     yield chunk(
                         {},
                         "stop",
@@ -165,3 +169,12 @@ async def chat_completions(
     return StreamingResponse(
         body_iterator, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
     )
+
+
+CORRECTION = "\n\n(The text above is not supported by its sources. From the sources:) "
+
+
+def replacement(shown: str, final: str) -> str:
+    """The content that ends a stream whose text failed the grounding guard: the answer itself
+    when nothing was shown yet, else a correction after what was."""
+    return final if not shown.strip() else CORRECTION + final
