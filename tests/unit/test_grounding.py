@@ -156,6 +156,7 @@ def test_ungrounded_is_retried_once_with_the_strict_prompt() -> None:
     llm = ScriptedLLM([WRONG, RIGHT])
     a = Answerer(llm).answer(Q, SOURCES)
     assert (a.text, a.answer_type, a.grounded, a.retried) == (RIGHT, "generated", True, True)
+    assert a.unsupported and "7.1 minute" in a.unsupported[0].missing  # why it was retried
     assert STRICT_RULES not in llm.calls[0][0]["content"]
     assert STRICT_RULES in llm.calls[1][0]["content"]
 

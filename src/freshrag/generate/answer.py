@@ -202,7 +202,8 @@ class Answerer:
                 if second is not None:
                     again = check_grounding(second.text, strict.cited_sources, question)
                     if again.grounded and answers_question(question, second.text):
-                        return replace(second, retried=True)
+                        # grounded on the retry: `unsupported` still says why it was retried
+                        return replace(second, retried=True, unsupported=check.unsupported)
         if on_ungrounded == "raw":
             return replace(
                 draft,
