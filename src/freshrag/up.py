@@ -7,11 +7,11 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from freshrag.core.settings import Settings
-from freshrag.ingest.runner import IngestOptions, prepare_recovery
-from freshrag.retrieve.stores import open_settings_store
+from freshrag.ingest.runner import IngestOptions, open_index_writer, prepare_recovery
 
 log = logging.getLogger("freshrag.up")
 
@@ -87,7 +87,7 @@ def run_up(settings: Settings, opts: IngestOptions) -> None:
     from prometheus_client import CollectorRegistry
 
     from freshrag.api.app import create_app
-    from freshrag.api.services import build_services
+    from freshrag.api.services import build_services, published_watermarks
     from freshrag.core.embedder import Embedder
     from freshrag.core.sparse import Bm25Encoder
     from freshrag.ingest.activity import RecentWrites
@@ -103,7 +103,7 @@ def run_up(settings: Settings, opts: IngestOptions) -> None:
     registry = CollectorRegistry()  # one /metrics for the flow and the API
     metrics = IngestMetrics(registry)
     embedder = Embedder.from_settings(settings)
-    store = open_settings_store(settings)
+    store, opts, generation = open_index_writer(settings, embedder, opts)
     recent = RecentWrites()
     stop = threading.Event()
     parts = FlowParts(
@@ -117,13 +117,25 @@ def run_up(settings: Settings, opts: IngestOptions) -> None:
         workers=opts.workers,
     )
     flow = FlowThread(build_flow(parts), opts, stop)
+    published: dict[int, Callable[[], dict[str, int]]] = {}
+
+    def watermarks() -> dict[str, int]:
+        """This flow's own when it writes the serving generation; else what the process
+        writing that one (`freshrag reindex`) published."""
+        current = services.current().store
+        if current is store:
+            return parts.watermarks.snapshot()
+        reader = published.setdefault(id(current), published_watermarks(current, settings.topic))
+        return reader()
+
     services = build_services(
         settings,
         store=store,
         embedder=query_embedder(settings, embedder),
-        watermarks=parts.watermarks.snapshot,
+        watermarks=watermarks,
         recent=recent,
         registry=registry,
+        follow=True,
     )
     services.flow_alive = flow.alive
     app = create_app(settings, services)
@@ -137,11 +149,12 @@ def run_up(settings: Settings, opts: IngestOptions) -> None:
     flow.start()
     optimizer = edge_auto_optimizer(settings, store)
     log.info(
-        "freshrag up: API http://%s:%s (docs /docs), topic %s, index %s",
+        "freshrag up: API http://%s:%s (docs /docs), topic %s, index %s generation %s",
         settings.api_host,
         settings.api_port,
         settings.topic,
         settings.qdrant_url or settings.index_path,
+        generation,
     )
     try:
         server.run()  # handles SIGINT/SIGTERM, returns after a graceful shutdown

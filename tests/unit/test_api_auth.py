@@ -38,6 +38,7 @@ def client(**overrides: Any) -> tuple[TestClient, FakeStore]:
     services: Any = SimpleNamespace(
         settings=settings, store=store, metrics=ApiMetrics(), producer=None
     )
+    services.current = lambda: SimpleNamespace(name="t", store=store, searcher=None)
     return TestClient(create_app(settings, services)), store
 
 

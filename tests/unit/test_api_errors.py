@@ -68,6 +68,9 @@ def make_client(
         watermarks=None,
         flow_alive=None,
     )
+    services.current = lambda: SimpleNamespace(
+        name="t", store=services.store, searcher=getattr(services, "searcher", None)
+    )
     return TestClient(create_app(settings, services)), services
 
 

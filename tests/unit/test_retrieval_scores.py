@@ -61,7 +61,8 @@ class Sparse:
 
 def services(store: FakeStore) -> Any:
     searcher = HybridSearcher(store, Embed(), Sparse(), SearchDefaults(min_prefetch=2))  # type: ignore[arg-type]
-    return SimpleNamespace(searcher=searcher, metrics=ApiMetrics())
+    generation = SimpleNamespace(name="t", store=store, searcher=searcher)
+    return SimpleNamespace(searcher=searcher, metrics=ApiMetrics(), current=lambda: generation)
 
 
 def test_bm25_only_hit_gets_its_cosine_and_passes_the_threshold() -> None:

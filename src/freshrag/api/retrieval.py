@@ -42,14 +42,18 @@ def hit_out(hit: SearchHit) -> HitOut:
     )
 
 
-def index_info(services: Services, updated: list[datetime | None]) -> IndexInfo:
+def index_info(
+    services: Services, updated: list[datetime | None], generation: str | None = None
+) -> IndexInfo:
     known = [u for u in updated if u is not None]
     age = None
     if known:
         newest = max(u if u.tzinfo else u.replace(tzinfo=UTC) for u in known)
         age = max(0.0, (datetime.now(UTC) - newest).total_seconds())
     watermark = services.watermarks() if services.watermarks is not None else {}
-    return IndexInfo(watermark=watermark, freshest_document_age_s=age)
+    return IndexInfo(
+        watermark=watermark, freshest_document_age_s=age, generation=generation or None
+    )
 
 
 MAX_RESCORE_POINTS = 500
@@ -87,6 +91,7 @@ class Retrieved:
     sources: list[Source]
     hits: list[SearchHit]
     seconds: float
+    generation: str = ""
 
 
 def retrieve_sources(
@@ -95,7 +100,8 @@ def retrieve_sources(
     """Hybrid-ranked chunks for a chat answer; each source's score is its dense cosine so the
     answerer's relevance threshold has a meaningful scale (RRF scores are rank-based)."""
     started = time.perf_counter()
-    searcher = services.searcher
+    generation = services.current()
+    searcher = generation.searcher
     req = SearchRequest(
         query=question, filter=search_filter(caller, filters), top_k=top_k, fresh=fresh
     )
@@ -108,4 +114,4 @@ def retrieve_sources(
     hits = [SearchHit.from_hit(h) for h in ranked]
     elapsed = time.perf_counter() - started
     services.metrics.retrieval.observe(elapsed)
-    return Retrieved(sources, hits, elapsed)
+    return Retrieved(sources, hits, elapsed, generation.name)

@@ -122,6 +122,9 @@ class IndexInfo(BaseModel):
 
     watermark: dict[str, int] = Field(default_factory=dict)
     freshest_document_age_s: float | None = None
+    generation: str | None = Field(
+        None, description="the index generation that answered (see `freshrag reindex`)"
+    )
 
 
 class SearchOut(BaseModel):

@@ -9,10 +9,11 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from freshrag.core.embedder import Embedder
 from freshrag.core.settings import Settings
@@ -21,8 +22,9 @@ from freshrag.ingest.cluster import PEER_LOST_EXIT, PeerWatch
 from freshrag.ingest.flow import FlowParts, build_flow
 from freshrag.ingest.kafka_io import dlq_topic_config, ensure_topics
 from freshrag.ingest.metrics import IngestMetrics
-from freshrag.retrieve.contract import Store
-from freshrag.retrieve.stores import open_settings_store
+from freshrag.retrieve.contract import DENSE_DIM, Store
+from freshrag.retrieve.generations import IndexSettingsMismatch, manifest_for
+from freshrag.retrieve.stores import open_writer_store
 
 log = logging.getLogger("freshrag.ingest")
 
@@ -51,6 +53,29 @@ class IngestAborted(RuntimeError):
     def __init__(self, exit_code: int) -> None:
         super().__init__(f"ingest aborted (exit code {exit_code})")
         self.exit_code = exit_code
+
+
+def recovery_for(opts: IngestOptions, settings: Settings, generation: str) -> IngestOptions:
+    """Each generation resumes from its own snapshots: `<dir>@<generation>` for a re-indexed
+    one (the first generation keeps the configured directory, as before generations)."""
+    if opts.recovery_dir is None or generation == settings.collection:
+        return opts
+    directory = opts.recovery_dir
+    return replace(opts, recovery_dir=directory.with_name(f"{directory.name}@{generation}"))
+
+
+def open_index_writer(
+    settings: Settings, embedder: Any, opts: IngestOptions, generation: str | None = None
+) -> tuple[Store, IngestOptions, str]:
+    """The store this process writes (the generation its build settings match), and options
+    with that generation's recovery directory; IngestConfigError on a settings mismatch."""
+    dimension = getattr(embedder, "dimension", DENSE_DIM)
+    manifest = manifest_for(settings, int(dimension))
+    try:
+        store, name = open_writer_store(settings, manifest, generation)
+    except IndexSettingsMismatch as exc:
+        raise IngestConfigError(str(exc)) from None
+    return store, recovery_for(opts, settings, name), name
 
 
 def check_options(settings: Settings, opts: IngestOptions) -> None:
@@ -212,7 +237,7 @@ def run_ingest(settings: Settings, opts: IngestOptions) -> None:
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr=settings.api_host, registry=metrics.registry)
     embedder = Embedder.from_settings(settings)
-    store = open_settings_store(settings)
+    store, opts, generation = open_index_writer(settings, embedder, opts)
     processes = max(1, len(opts.addresses or []))
     parts = FlowParts(
         settings, store, embedder, Bm25Encoder(), metrics, stop, workers=opts.workers * processes
@@ -226,9 +251,10 @@ def run_ingest(settings: Settings, opts: IngestOptions) -> None:
         if peers is not None:
             peers.start()
         log.info(
-            "ingest: topic %s -> %s, %d worker(s), recovery %s",
+            "ingest: topic %s -> %s generation %s, %d worker(s), recovery %s",
             settings.topic,
             settings.qdrant_url or settings.index_path,
+            generation,
             opts.workers,
             opts.recovery_dir or "off",
         )

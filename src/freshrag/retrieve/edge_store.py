@@ -76,7 +76,7 @@ log = logging.getLogger("freshrag.edge")
 StepHook = Callable[[str], None]
 
 
-def _expected_config(indexing_threshold_kb: int | None = None) -> Any:
+def _expected_config(indexing_threshold_kb: int | None = None, dense_dim: int = DENSE_DIM) -> Any:
     """The contract's vector layout; also passed to `load` so the engine verifies it."""
     optimizers = (
         None
@@ -84,7 +84,7 @@ def _expected_config(indexing_threshold_kb: int | None = None) -> Any:
         else qe.EdgeOptimizersConfig(indexing_threshold=indexing_threshold_kb)
     )
     return qe.EdgeConfig(
-        vectors={DENSE_VECTOR: qe.EdgeVectorParams(size=DENSE_DIM, distance=qe.Distance.Cosine)},
+        vectors={DENSE_VECTOR: qe.EdgeVectorParams(size=dense_dim, distance=qe.Distance.Cosine)},
         sparse_vectors={SPARSE_VECTOR: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)},
         optimizers=optimizers,
     )
@@ -112,7 +112,7 @@ def _index_data_type(kind: str) -> Any:
     }[kind]
 
 
-def _config_problems(collection: str, shard_dir: Path) -> list[str]:
+def _config_problems(collection: str, shard_dir: Path, dense_dim: int = DENSE_DIM) -> list[str]:
     """Readable differences from the contract, from the shard's persisted config (best effort).
 
     The engine's own check in `EdgeShard.load(path, config)` stays authoritative; this only
@@ -128,10 +128,10 @@ def _config_problems(collection: str, shard_dir: Path) -> list[str]:
     if not isinstance(dense, dict):
         problems.append(f"collection {collection!r} has no dense vector {DENSE_VECTOR!r}")
     else:
-        if dense.get("size") != DENSE_DIM:
+        if dense.get("size") != dense_dim:
             problems.append(
                 f"collection {collection!r} has dense size {dense.get('size')}, "
-                f"expected {DENSE_DIM}"
+                f"expected {dense_dim}"
             )
         if str(dense.get("distance", "")).lower() != "cosine":
             problems.append(
@@ -257,9 +257,12 @@ class _Handle:
 class EdgeStore:
     """Contract store on a local Qdrant Edge shard at `path/collection`."""
 
-    def __init__(self, path: Path, collection: str = DEFAULT_COLLECTION) -> None:
+    def __init__(
+        self, path: Path, collection: str = DEFAULT_COLLECTION, dense_dim: int = DENSE_DIM
+    ) -> None:
         self.path = Path(path)
         self.collection = collection
+        self.dense_dim = dense_dim
         self.shard_dir = self.path / collection
         self._handle: _Handle | None = None
         self._closed = False
@@ -376,7 +379,7 @@ class EdgeStore:
             live = self._recover_layout()
             directory = live if live is not None else self.shard_dir
             if directory.is_dir() and self._exists(directory):
-                problems = _config_problems(self.collection, directory)
+                problems = _config_problems(self.collection, directory, self.dense_dim)
                 if problems:
                     raise SchemaMismatchError("; ".join(problems))
             if live is None:  # a plain directory (older layout), or nothing yet
@@ -388,9 +391,13 @@ class EdgeStore:
                     live.mkdir(parents=True)
                 self._link_to(live)
             if not self._exists(live):
-                return _Handle(qe.EdgeShard.create(str(live), _expected_config()), live)
+                return _Handle(
+                    qe.EdgeShard.create(str(live), _expected_config(dense_dim=self.dense_dim)), live
+                )
             try:
-                return _Handle(qe.EdgeShard.load(str(live), _expected_config()), live)
+                return _Handle(
+                    qe.EdgeShard.load(str(live), _expected_config(dense_dim=self.dense_dim)), live
+                )
             except Exception as exc:  # the binding raises a bare Exception
                 if "incompatible" in str(exc).lower():
                     raise SchemaMismatchError(
@@ -607,7 +614,7 @@ class EdgeStore:
                     total_s=time.perf_counter() - started,
                 )
             mark = time.perf_counter()
-            new = qe.EdgeShard.load(str(work), _expected_config())
+            new = qe.EdgeShard.load(str(work), _expected_config(dense_dim=self.dense_dim))
             try:
                 self._step("opened")
                 done = self._replay_while_writing(new)
@@ -696,6 +703,7 @@ class EdgeStore:
             ]  # fmt: skip
             if indexing_threshold_kb is not None:
                 cmd += ["--indexing-threshold-kb", str(indexing_threshold_kb)]
+            cmd += ["--dense-dim", str(self.dense_dim)]
             with open(Path(tmp) / "output.log", "w+b") as output:
                 child = subprocess.Popen(
                     cmd, stdin=subprocess.DEVNULL, stdout=output, stderr=output
@@ -966,9 +974,11 @@ class EdgeAutoOptimizer:
             self._thread.join(timeout)
 
 
-def _optimize_copy(path: str, indexing_threshold_kb: int | None) -> dict[str, Any]:
+def _optimize_copy(
+    path: str, indexing_threshold_kb: int | None, dense_dim: int = DENSE_DIM
+) -> dict[str, Any]:
     """In the optimizer subprocess: optimize the copy at `path`, flush, fsync, close."""
-    shard = qe.EdgeShard.load(path, _expected_config(indexing_threshold_kb))
+    shard = qe.EdgeShard.load(path, _expected_config(indexing_threshold_kb, dense_dim))
     try:
         started = time.perf_counter()
         changed = bool(shard.optimize())
@@ -1010,6 +1020,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--result", required=True)
     ap.add_argument("--nice", type=int, default=0)
     ap.add_argument("--indexing-threshold-kb", type=int, default=None)
+    ap.add_argument("--dense-dim", type=int, default=DENSE_DIM)
     ap.add_argument("--parent-pid", type=int, default=None)
     args = ap.parse_args(argv)
     if args.parent_pid is not None:
@@ -1017,7 +1028,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.nice:
         with suppress(OSError):
             os.nice(args.nice)
-    outcome = _optimize_copy(args.path, args.indexing_threshold_kb)
+    outcome = _optimize_copy(args.path, args.indexing_threshold_kb, args.dense_dim)
     tmp = f"{args.result}.tmp"
     Path(tmp).write_text(json.dumps(outcome))
     os.replace(tmp, args.result)

@@ -182,10 +182,12 @@ class QdrantServerStore:
         client: QdrantClient,
         collection: str = DEFAULT_COLLECTION,
         layout: ClusterLayout | None = None,
+        dense_dim: int = DENSE_DIM,
     ) -> None:
         self.client = client
         self.collection = collection
         self.layout = layout or ClusterLayout()
+        self.dense_dim = dense_dim
 
     @classmethod
     def from_url(
@@ -194,11 +196,12 @@ class QdrantServerStore:
         api_key: str | None = None,
         collection: str = DEFAULT_COLLECTION,
         layout: ClusterLayout | None = None,
+        dense_dim: int = DENSE_DIM,
     ) -> QdrantServerStore:
         """A store on a remote server. No client/server version check: the index contract uses
         only long-stable APIs, and qdrant-client warns on every minor-version gap."""
         client = QdrantClient(url=url, api_key=api_key, check_compatibility=False)
-        return cls(client, collection, layout)
+        return cls(client, collection, layout, dense_dim)
 
     def cluster_peers(self) -> int:
         """Peers of the server's Raft cluster; 0 when it runs standalone (or is `:memory:`)."""
@@ -248,7 +251,7 @@ class QdrantServerStore:
                     self.collection,
                     vectors_config={
                         DENSE_VECTOR: models.VectorParams(
-                            size=DENSE_DIM, distance=models.Distance.COSINE
+                            size=self.dense_dim, distance=models.Distance.COSINE
                         )
                     },
                     sparse_vectors_config={
@@ -274,9 +277,9 @@ class QdrantServerStore:
         if dense is None:
             problems.append(f"collection {name!r} has no dense vector {DENSE_VECTOR!r}")
         else:
-            if dense.size != DENSE_DIM:
+            if dense.size != self.dense_dim:
                 problems.append(
-                    f"collection {name!r} has dense size {dense.size}, expected {DENSE_DIM}"
+                    f"collection {name!r} has dense size {dense.size}, expected {self.dense_dim}"
                 )
             if dense.distance != models.Distance.COSINE:
                 problems.append(

@@ -51,7 +51,7 @@ def answer_out(answer: Answer, retrieved: Retrieved, services: Services) -> Chat
         sources=[source_out(ns) for ns in answer.sources_used],
         refused=answer.refused,
         citations_inferred=answer.citations_inferred,
-        index=index_info(services, [h.updated_at for h in retrieved.hits]),
+        index=index_info(services, [h.updated_at for h in retrieved.hits], retrieved.generation),
         **grounding_out(answer).model_dump(),
     )
 

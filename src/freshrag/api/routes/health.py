@@ -57,7 +57,7 @@ def readyz(request: Request, services: ServicesDep) -> JSONResponse:
     detailed = _has_key(request, services)
     checks: dict[str, Any] = {}
     try:
-        services.store.count(PROBE_TENANT)
+        services.current().store.count(PROBE_TENANT)
         checks["store"] = {"ok": True}
     except Exception as exc:
         checks["store"] = {"ok": False, **({"error": str(exc)[:200]} if detailed else {})}

@@ -43,12 +43,13 @@ def run_search(body: SearchBody, caller: Caller, services: Services) -> SearchOu
         dedupe=body.dedupe,
         group=body.group,
     )
-    result = services.searcher.search(req)
+    generation = services.current()
+    result = generation.searcher.search(req)
     elapsed = time.perf_counter() - started
     services.metrics.retrieval.observe(elapsed)
     return SearchOut(
         hits=[hit_out(h) for h in result.hits],
         mode=result.mode,
         took_ms=round(elapsed * 1000, 2),
-        index=index_info(services, [h.updated_at for h in result.hits]),
+        index=index_info(services, [h.updated_at for h in result.hits], generation.name),
     )

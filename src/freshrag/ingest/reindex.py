@@ -1,0 +1,273 @@
+"""`freshrag reindex`: build a new index generation with this process's settings while the
+current one keeps serving, then switch readers to it in one atomic step.
+
+The new generation (`<collection>-g<fingerprint>`) is filled by the ordinary ingest dataflow,
+reading the compacted topic from its beginning into its own recovery directory, so it applies
+the same version rules as live ingest, stays current with live events while it builds, and a
+crash resumes where the last snapshot was. When every partition's indexed watermark has reached
+the topic's end (lag 0, or `max_lag`), an optional quality gate runs, then the serving pointer
+moves. Rolling back is the same switch, to the previous generation (`freshrag index switch`).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from freshrag.core.embedder import Embedder
+from freshrag.core.settings import Settings
+from freshrag.core.sparse import Bm25Encoder
+from freshrag.ingest.flow import FlowParts, build_flow
+from freshrag.ingest.metrics import IngestMetrics
+from freshrag.ingest.runner import IngestConfigError, IngestOptions, open_index_writer
+from freshrag.retrieve.generations import IndexManifest, differences, generation_name, manifest_for
+from freshrag.retrieve.stores import open_catalog
+
+log = logging.getLogger("freshrag.reindex")
+SOURCE_TOPIC = "topic"  # replayed from the compacted topic's beginning
+
+
+class ReindexError(RuntimeError):
+    """The re-index cannot go on (exit code 1), or was refused by the quality gate (3)."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass
+class ReindexOutcome:
+    previous: str
+    generation: str
+    source: str
+    switched: bool
+    seconds: float
+    points: int
+    quality: dict[str, float] = field(default_factory=dict)
+    note: str = ""
+
+
+def lag(ends: Mapping[int, int], watermarks: Mapping[str, int]) -> int:
+    """Records in the topic that the generation has not indexed yet."""
+    return sum(max(0, end - watermarks.get(str(p), 0)) for p, end in ends.items())
+
+
+def quality_gate(
+    settings: Settings,
+    golden: Path,
+    old: IndexManifest | None,
+    new: IndexManifest,
+    new_embedder: Any,
+    *,
+    max_queries: int | None = None,
+) -> dict[str, float]:
+    """nDCG@10 (hybrid) of the old and the new build settings on a BEIR golden set, each on a
+    scratch Edge index, so the serving generations are never touched."""
+    from freshrag.evaluation.run import run_eval
+    from freshrag.ingest.indexing import ChunkingConfig
+    from freshrag.retrieve.edge_store import EdgeStore
+    from freshrag.retrieve.search import HybridSearcher
+
+    def score(manifest: IndexManifest, embedder: Any, name: str) -> float:
+        chunking = ChunkingConfig(
+            max_tokens=int(manifest.build["chunk_tokens"]),
+            overlap=int(manifest.build["chunk_overlap"]),
+        )
+        with tempfile.TemporaryDirectory(prefix=f"freshrag-gate-{name}-") as tmp:
+            store = EdgeStore(Path(tmp), "gate", dense_dim=int(manifest.build["dimension"]))
+            try:
+                searcher = HybridSearcher(store, embedder, Bm25Encoder())
+                report = run_eval(
+                    golden,
+                    store,
+                    searcher,
+                    embedder,
+                    chunking=chunking,
+                    modes=("hybrid",),
+                    max_queries=max_queries,
+                )
+            finally:
+                store.close()
+        return float(report.modes["hybrid"].ndcg_at_10)
+
+    scores = {"new_ndcg_at_10": score(new, new_embedder, "new")}
+    if old is not None:
+        old_embedder = new_embedder
+        if old.build.get("model") != new.build.get("model") or old.build.get(
+            "precision"
+        ) != new.build.get("precision"):
+            old_embedder = Embedder.from_settings(settings.model_copy(update=old.settings_update()))
+        scores["old_ndcg_at_10"] = score(old, old_embedder, "old")
+    return scores
+
+
+def run_reindex(
+    settings: Settings,
+    opts: IngestOptions,
+    *,
+    golden: Path | None = None,
+    force: bool = False,
+    follow: bool = False,
+    switch: bool = True,
+    max_lag: int = 0,
+    timeout_s: float | None = None,
+    stop: threading.Event | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    end_offsets: Callable[[], Mapping[int, int]] | None = None,
+) -> ReindexOutcome:
+    """Build (or resume) the generation of `settings`, wait until it has caught up, gate it,
+    switch readers to it; with `follow`, keep ingesting it until `stop` is set."""
+    from freshrag.ingest.kafka_io import ensure_topics
+    from freshrag.up import FlowThread
+
+    started = time.monotonic()
+    stop = stop or threading.Event()
+    embedder = Embedder.from_settings(settings)
+    manifest = manifest_for(settings, int(embedder.dimension))
+    catalog = open_catalog(settings)
+    try:
+        previous = catalog.serving()
+        old = catalog.read_manifest(previous) if catalog.exists(previous) else None
+        target = generation_name(settings.collection, manifest)
+        if old is not None and not differences(old, manifest):
+            raise ReindexError(
+                f"the serving generation {previous!r} was built with these settings already; "
+                "change the model or the chunking first (or switch with `freshrag index switch`)"
+            )
+        if follow and not settings.qdrant_url:
+            raise ReindexError(
+                "--follow needs Qdrant server: an embedded (Edge) generation is opened by one "
+                "process, and after the switch `freshrag up` must open it to serve it. Restart "
+                "`freshrag up` with the new settings to keep it current."
+            )
+        ensure_topics(settings.kafka_bootstrap, [(settings.topic, opts.topic_partitions)])
+        probe = None if end_offsets is not None else _EndOffsets(settings)
+        ends_of = end_offsets or probe.ends  # type: ignore[union-attr]
+        try:
+            store, run_opts, name = open_index_writer(settings, embedder, opts, target)
+        except IngestConfigError as exc:
+            raise ReindexError(str(exc)) from None
+        parts = FlowParts(
+            settings, store, embedder, Bm25Encoder(), IngestMetrics(), stop, workers=opts.workers
+        )
+        flow = FlowThread(build_flow(parts), run_opts, stop)
+        from freshrag.ingest.runner import WatermarkPublisher
+
+        publisher = WatermarkPublisher(store, settings.topic, parts.watermarks.snapshot)
+        log.info(
+            "re-index: building %s from the topic %s (serving: %s)", name, settings.topic, previous
+        )
+        flow.start()
+        publisher.start()
+        switched = False
+        quality: dict[str, float] = {}
+        try:
+            _wait_caught_up(parts, flow, ends_of, max_lag, stop, timeout_s, progress)
+            if golden is not None:
+                quality = quality_gate(settings, golden, old, manifest, embedder)
+                if quality.get("new_ndcg_at_10", 0.0) < quality.get("old_ndcg_at_10", 0.0):
+                    if not force:
+                        raise ReindexError(
+                            f"quality gate: the new generation scores nDCG@10 "
+                            f"{quality['new_ndcg_at_10']:.4f} < {quality['old_ndcg_at_10']:.4f} "
+                            "of the serving one; not switched (--force switches anyway)",
+                            exit_code=3,
+                        )
+                    log.warning("quality gate failed, switching anyway (--force)")
+                _wait_caught_up(parts, flow, ends_of, max_lag, stop, timeout_s, progress)
+            if switch:
+                publisher.stop()  # readers see this generation's final watermarks first
+                publisher = WatermarkPublisher(store, settings.topic, parts.watermarks.snapshot)
+                publisher.start()
+                catalog.switch(name)
+                switched = True
+                log.info("re-index: readers now use %s (was %s)", name, previous)
+            if follow:
+                while not stop.wait(0.5):
+                    if not flow.alive():
+                        raise ReindexError("the ingest dataflow of the new generation failed")
+        finally:
+            flow.stop()
+            publisher.stop()
+            points = store.count()
+            store.close()
+            if probe is not None:
+                probe.close()
+        return ReindexOutcome(
+            previous=previous,
+            generation=name,
+            source=SOURCE_TOPIC,
+            switched=switched,
+            seconds=time.monotonic() - started,
+            points=points,
+            quality=quality,
+        )
+    finally:
+        catalog.close()
+
+
+def _wait_caught_up(
+    parts: FlowParts,
+    flow: Any,
+    ends_of: Callable[[], Mapping[int, int]],
+    max_lag: int,
+    stop: threading.Event,
+    timeout_s: float | None,
+    progress: Callable[[int, int], None] | None,
+) -> None:
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while True:
+        if not flow.alive():
+            raise ReindexError("the ingest dataflow of the new generation failed (see the log)")
+        if stop.is_set():
+            raise ReindexError(
+                "stopped before the new generation caught up; run it again to resume"
+            )
+        ends = ends_of()
+        marks = parts.watermarks.snapshot()
+        behind = lag(ends, marks)
+        total = sum(ends.values())
+        if progress is not None:
+            progress(total - behind, total)
+        if behind <= max_lag:
+            return
+        if deadline is not None and time.monotonic() > deadline:
+            raise ReindexError(f"not caught up after {timeout_s:.0f} s ({behind} records behind)")
+        time.sleep(0.5)
+
+
+class _EndOffsets:
+    """The topic's high watermarks (the offset each partition's next record gets)."""
+
+    def __init__(self, settings: Settings) -> None:
+        from confluent_kafka import Consumer
+
+        self.topic = settings.topic
+        self.consumer = Consumer(
+            {
+                "bootstrap.servers": settings.kafka_bootstrap,
+                "group.id": f"{settings.consumer_group}-reindex-probe",
+                "enable.auto.commit": False,
+            }
+        )
+
+    def ends(self) -> dict[int, int]:
+        from confluent_kafka import TopicPartition
+
+        meta = self.consumer.list_topics(self.topic, timeout=10)
+        partitions = meta.topics[self.topic].partitions
+        return {
+            p: int(
+                self.consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10)[1]
+            )
+            for p in partitions
+        }
+
+    def close(self) -> None:
+        self.consumer.close()
