@@ -138,6 +138,21 @@ def run_up(settings: Settings, opts: IngestOptions) -> None:
         follow=True,
     )
     services.flow_alive = flow.alive
+    if services.serving is not None:
+
+        def switched(name: str) -> None:
+            if name != generation:
+                log.warning(
+                    "readers now use index generation %s; this process still writes %s (its "
+                    "settings build that one), so %s lags until freshrag up is restarted with "
+                    "the settings of %s (see `freshrag index list`)",
+                    name,
+                    generation,
+                    name,
+                    name,
+                )
+
+        services.serving.on_switch = switched
     app = create_app(settings, services)
     server = uvicorn.Server(
         uvicorn.Config(app, host=settings.api_host, port=settings.api_port, log_level="info")

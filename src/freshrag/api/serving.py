@@ -58,6 +58,7 @@ class ServingIndex:
         self._thread: threading.Thread | None = None
         self.switches = 0
         self.last_error: str | None = None
+        self.on_switch: Callable[[str], None] | None = None  # called with the new generation
 
     def current(self) -> Generation:
         return self._current
@@ -93,6 +94,8 @@ class ServingIndex:
         self.switches += 1
         self.last_error = None
         log.info("serving index generation %s (was %s)", name, previous.name)
+        if self.on_switch is not None:
+            self.on_switch(name)
         return True
 
     def close(self) -> None:

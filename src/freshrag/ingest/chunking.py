@@ -53,6 +53,16 @@ def embedding_text(chunk: Chunk) -> str:
     return f"{chunk.context}\n\n{chunk.text}" if chunk.context else chunk.text
 
 
+def stored_chunk_embedding_text(
+    title: str, heading_path: str, text: str, counter: TokenCounter
+) -> str:
+    """`embedding_text` rebuilt from a stored point's title, heading path and text (a re-index
+    that re-embeds payloads must embed exactly what ingest embedded)."""
+    prefix = " > ".join(p for p in (title.strip(), heading_path) if p)
+    context, _ = _trim_context(prefix, counter)
+    return f"{context}\n\n{text}" if context else text
+
+
 def _trim_context(prefix: str, counter: TokenCounter) -> tuple[str, int]:
     """Shorten a very long title/heading path so it never pushes chunk text out of the model."""
     if not prefix:

@@ -15,8 +15,9 @@ import logging
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +27,16 @@ from freshrag.core.sparse import Bm25Encoder
 from freshrag.ingest.flow import FlowParts, build_flow
 from freshrag.ingest.metrics import IngestMetrics
 from freshrag.ingest.runner import IngestConfigError, IngestOptions, open_index_writer
+from freshrag.retrieve.contract import ChunkPoint, SparseVector, Store
 from freshrag.retrieve.generations import IndexManifest, differences, generation_name, manifest_for
 from freshrag.retrieve.stores import open_catalog
 
 log = logging.getLogger("freshrag.reindex")
 SOURCE_TOPIC = "topic"  # replayed from the compacted topic's beginning
+SOURCE_PAYLOADS = "payloads"  # the serving generation's chunk texts, re-embedded
+# Build settings a payload copy keeps: the chunks stay the same, only their vectors change.
+SAME_CHUNKS_KEYS = ("chunk_tokens", "chunk_overlap", "chunker_version", "bm25_avg_len")
+REEMBED_BATCH = 128
 
 
 class ReindexError(RuntimeError):
@@ -56,6 +62,94 @@ class ReindexOutcome:
 def lag(ends: Mapping[int, int], watermarks: Mapping[str, int]) -> int:
     """Records in the topic that the generation has not indexed yet."""
     return sum(max(0, end - watermarks.get(str(p), 0)) for p, end in ends.items())
+
+
+def payload_source_reason(old: IndexManifest | None, new: IndexManifest) -> str | None:
+    """None when the serving generation's stored chunks can be re-embedded as they are (only
+    the model changed); else why the topic must be replayed instead."""
+    if old is None:
+        return "the serving generation has no manifest"
+    changed = [k for k in SAME_CHUNKS_KEYS if old.build.get(k) != new.build.get(k)]
+    if changed:
+        return f"the chunks change ({', '.join(changed)})"
+    return None
+
+
+def chunk_point_from_payload(
+    payload: Mapping[str, Any], dense: Sequence[float], sparse: SparseVector
+) -> ChunkPoint:
+    """The stored point again, with new vectors (payload fields kept as they are)."""
+    from freshrag.retrieve.ranking import parse_timestamp
+
+    def when(key: str) -> datetime:
+        parsed = parse_timestamp(payload.get(key))
+        return parsed if parsed is not None else datetime.now(UTC)
+
+    return ChunkPoint(
+        tenant=str(payload["tenant"]),
+        doc_id=str(payload["doc_id"]),
+        version=int(payload["version"]),
+        chunk_index=int(payload["chunk_index"]),
+        chunk_count=int(payload["chunk_count"]),
+        text=str(payload.get("text", "")),
+        title=str(payload.get("title", "")),
+        url=payload.get("url"),
+        source=payload.get("source"),
+        updated_at=when("updated_at"),
+        indexed_at=when("indexed_at"),
+        metadata=dict(payload.get("metadata") or {}),
+        dense=list(dense),
+        sparse=sparse,
+        heading=str(payload.get("heading", "")),
+        topic=str(payload.get("topic", "")),
+        partition=int(payload.get("partition", -1)),
+        offset=int(payload.get("offset", -1)),
+    )
+
+
+def reembed_payloads(
+    source: Store,
+    target: Store,
+    embedder: Any,
+    bm25: Any,
+    *,
+    batch: int = REEMBED_BATCH,
+    progress: Callable[[int, int], None] | None = None,
+) -> int:
+    """Copy every point of `source` into `target` with vectors from `embedder`: the exact text
+    ingest embedded is rebuilt from the payload, so the result equals a replay of the topic."""
+    from freshrag.ingest.chunking import stored_chunk_embedding_text
+
+    payloads = source.scroll_payloads()
+    done = 0
+    for start in range(0, len(payloads), batch):
+        page = payloads[start : start + batch]
+        texts = [
+            stored_chunk_embedding_text(
+                str(p.get("title", "")), str(p.get("heading", "")), str(p.get("text", "")), embedder
+            )
+            for p in page
+        ]
+        dense = embedder.embed_documents(texts)
+        sparse = bm25.embed_documents(texts)
+        target.upsert_chunks(
+            [chunk_point_from_payload(p, d, s) for p, d, s in zip(page, dense, sparse, strict=True)]
+        )
+        done += len(page)
+        if progress is not None:
+            progress(done, len(payloads))
+    return done
+
+
+def gate_refusal(quality: Mapping[str, float]) -> str | None:
+    """Why the gate refuses the switch (the new settings score lower), or None."""
+    new, old = quality.get("new_ndcg_at_10"), quality.get("old_ndcg_at_10")
+    if new is None or old is None or new >= old:
+        return None
+    return (
+        f"quality gate: the new generation scores nDCG@10 {new:.4f} < {old:.4f} of the serving "
+        "one; not switched (--force switches anyway)"
+    )
 
 
 def quality_gate(
@@ -153,6 +247,7 @@ def run_reindex(
             store, run_opts, name = open_index_writer(settings, embedder, opts, target)
         except IngestConfigError as exc:
             raise ReindexError(str(exc)) from None
+        source, note = _copy_payloads(settings, previous, old, manifest, store, embedder, progress)
         parts = FlowParts(
             settings, store, embedder, Bm25Encoder(), IngestMetrics(), stop, workers=opts.workers
         )
@@ -171,15 +266,11 @@ def run_reindex(
             _wait_caught_up(parts, flow, ends_of, max_lag, stop, timeout_s, progress)
             if golden is not None:
                 quality = quality_gate(settings, golden, old, manifest, embedder)
-                if quality.get("new_ndcg_at_10", 0.0) < quality.get("old_ndcg_at_10", 0.0):
-                    if not force:
-                        raise ReindexError(
-                            f"quality gate: the new generation scores nDCG@10 "
-                            f"{quality['new_ndcg_at_10']:.4f} < {quality['old_ndcg_at_10']:.4f} "
-                            "of the serving one; not switched (--force switches anyway)",
-                            exit_code=3,
-                        )
-                    log.warning("quality gate failed, switching anyway (--force)")
+                refusal = gate_refusal(quality)
+                if refusal is not None and not force:
+                    raise ReindexError(refusal, exit_code=3)
+                if refusal is not None:
+                    log.warning("%s; switching anyway (--force)", refusal)
                 _wait_caught_up(parts, flow, ends_of, max_lag, stop, timeout_s, progress)
             if switch:
                 publisher.stop()  # readers see this generation's final watermarks first
@@ -202,14 +293,47 @@ def run_reindex(
         return ReindexOutcome(
             previous=previous,
             generation=name,
-            source=SOURCE_TOPIC,
+            source=source,
             switched=switched,
             seconds=time.monotonic() - started,
             points=points,
             quality=quality,
+            note=note,
         )
     finally:
         catalog.close()
+
+
+def _copy_payloads(
+    settings: Settings,
+    previous: str,
+    old: IndexManifest | None,
+    new: IndexManifest,
+    target: Store,
+    embedder: Any,
+    progress: Callable[[int, int], None] | None,
+) -> tuple[str, str]:
+    """Re-embed the serving generation's chunks when only the model changed and its store can
+    be opened here (faster: no parsing or chunking, and no need for the topic's history); the
+    topic replay that follows then only catches up (already-indexed versions are skipped).
+    Returns (source, why)."""
+    reason = payload_source_reason(old, new)
+    if reason is None and target.count() > 0:
+        reason = "the new generation is partly built already (resuming)"
+    if reason is not None:
+        return SOURCE_TOPIC, reason
+    from freshrag.retrieve.stores import open_settings_store
+
+    try:
+        source = open_settings_store(settings, previous, dense_dim=int(old.build["dimension"]))  # type: ignore[union-attr]
+    except Exception as exc:  # an Edge shard held by `freshrag up`, say
+        return SOURCE_TOPIC, f"the serving generation cannot be opened here ({exc})"
+    try:
+        copied = reembed_payloads(source, target, embedder, Bm25Encoder(), progress=progress)
+    finally:
+        source.close()
+    log.info("re-index: re-embedded %d stored chunks of %s", copied, previous)
+    return SOURCE_PAYLOADS, f"only the model changed: {copied} stored chunks re-embedded"
 
 
 def _wait_caught_up(
