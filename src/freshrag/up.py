@@ -11,46 +11,9 @@ from collections.abc import Callable
 from typing import Any
 
 from freshrag.core.settings import Settings
-from freshrag.ingest.runner import IngestOptions, open_index_writer, prepare_recovery
+from freshrag.ingest.runner import FlowThread, IngestOptions, open_index_writer
 
 log = logging.getLogger("freshrag.up")
-
-
-class FlowThread:
-    """The bytewax dataflow in a background thread; a stop event ends it cleanly."""
-
-    def __init__(self, flow: Any, opts: IngestOptions, stop: threading.Event) -> None:
-        self.flow = flow
-        self.opts = opts
-        self.stop_event = stop
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, name="freshrag-flow", daemon=True)
-
-    def _run(self) -> None:
-        from bytewax.run import cli_main
-
-        try:
-            cli_main(
-                self.flow,
-                workers_per_process=self.opts.workers,
-                epoch_interval=self.opts.snapshot_interval,
-                recovery_config=prepare_recovery(self.opts),
-            )
-        except BaseException as exc:
-            self.error = exc
-            log.exception("the ingest dataflow failed")
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def alive(self) -> bool:
-        return self.thread.is_alive() and self.error is None
-
-    def stop(self, timeout: float = 60) -> None:
-        self.stop_event.set()
-        self.thread.join(timeout)
-        if self.thread.is_alive():
-            log.error("the dataflow did not stop within %ss", timeout)
 
 
 def query_embedder(settings: Settings, ingest: Any) -> Any:
@@ -92,14 +55,10 @@ def run_up(settings: Settings, opts: IngestOptions) -> None:
     from freshrag.core.sparse import Bm25Encoder
     from freshrag.ingest.activity import RecentWrites
     from freshrag.ingest.flow import FlowParts, build_flow
-    from freshrag.ingest.kafka_io import dlq_topic_config, ensure_topics
+    from freshrag.ingest.kafka_io import ensure_event_topics
     from freshrag.ingest.metrics import IngestMetrics
 
-    ensure_topics(
-        settings.kafka_bootstrap,
-        [(settings.topic, opts.topic_partitions), (settings.dlq_topic, 1)],
-        configs={settings.dlq_topic: dlq_topic_config(settings.dlq_max_message_bytes)},
-    )
+    ensure_event_topics(settings, opts.topic_partitions)
     registry = CollectorRegistry()  # one /metrics for the flow and the API
     metrics = IngestMetrics(registry)
     embedder = Embedder.from_settings(settings)

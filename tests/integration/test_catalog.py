@@ -18,7 +18,7 @@ from freshrag.core.sparse import Bm25Encoder
 from freshrag.ingest.events import RecordOrigin, Upsert
 from freshrag.ingest.index_writer import apply_writes
 from freshrag.ingest.indexing import ChunkingConfig, DocumentIndexer
-from freshrag.ingest.reindex import reembed_payloads
+from freshrag.reindex import reembed_payloads
 from freshrag.retrieve.catalog import EdgeCatalog, ServerCatalog
 from freshrag.retrieve.contract import ChunkPoint, SearchFilter, SparseVector
 from freshrag.retrieve.edge_store import EdgeStore
@@ -185,7 +185,7 @@ def test_reembedding_payloads_reproduces_what_ingest_wrote(tmp_path: Path, embed
 def test_quality_gate_scores_both_settings_on_scratch_indexes(
     tmp_path: Path, embedder: Any
 ) -> None:
-    from freshrag.ingest.reindex import quality_gate
+    from freshrag.reindex import quality_gate
     from tests.integration.test_eval import QUERIES, write_beir
 
     golden = write_beir(tmp_path / "golden", QUERIES)

@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from freshrag.cli import app
+from freshrag.ingest.events import document_key
 from tests.integration.harness import read_topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.kafka]
@@ -50,7 +51,11 @@ def test_load_folder_jsonl_and_beir(
         assert f"produced {expected} documents" in result.output
 
     messages = read_topic(kafka_bootstrap, topic, expected=5)
-    events = {m.key().decode(): json.loads(m.value()) for m in messages}
+    # keyed by tenant and document id (issue 15): {"id":"guides/setup.md","tenant":"acme"}
+    keys = [json.loads(m.key()) for m in messages]
+    assert all(k["tenant"] == "acme" and set(k) == {"id", "tenant"} for k in keys)
+    assert [m.key() for m in messages] == [document_key("acme", k["id"]) for k in keys]
+    events = {k["id"]: json.loads(m.value()) for k, m in zip(keys, messages, strict=True)}
     assert set(events) == {"guides/setup.md", "notes.txt", "r1", "b0", "b1"}
     setup = events["guides/setup.md"]
     assert setup["title"] == "Setup guide" and setup["tenant"] == "acme" and setup["op"] == "upsert"

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import random
+
+import pytest
 
 from freshrag.ingest.chunking import chunk_document, embedding_text, split_sections
 from tests.unit.fakes import WhitespaceTokens
@@ -65,3 +68,42 @@ def test_context_is_trimmed_not_chunk_text() -> None:
     chunks = chunk_document(words(50), long_title, TOK, max_tokens=200, overlap=0)
     assert chunks[0].text == words(50)
     assert len(chunks[0].context.split()) < 48
+
+
+def _changed_chunks_per_edit(paragraphs: int, sentences: int, edits: int) -> list[int]:
+    """Chunks of a long document that one appended clause changes, for `edits` random edits."""
+    rng = random.Random(20261129)
+    words = "valve pump seal rotor gauge pressure flow coolant torque bolt filter tank".split()
+
+    def sentence() -> str:
+        return " ".join(rng.choice(words) for _ in range(rng.randint(6, 22))).capitalize() + "."
+
+    text = "\n\n".join(" ".join(sentence() for _ in range(sentences)) for _ in range(paragraphs))
+    counter = WhitespaceTokens()
+    base = {c.text for c in chunk_document(text, "Manual", counter, 200, 32)}
+    assert len(base) >= 35
+    sents = text.split(". ")
+    out = []
+    for _ in range(edits):
+        i = rng.randrange(len(sents))
+        edited = ". ".join(
+            [*sents[:i], sents[i] + " and then a few more words here", *sents[i + 1 :]]
+        )
+        new = [c.text for c in chunk_document(edited, "Manual", counter, 200, 32)]
+        out.append(len(set(new) - base))
+    return out
+
+
+@pytest.mark.parametrize(
+    ("paragraphs", "sentences", "mean", "share"), [(90, 5, 1.6, 0.95), (1, 450, 2.2, 0.85)]
+)
+def test_a_local_edit_changes_only_the_chunks_around_it(
+    paragraphs: int, sentences: int, mean: float, share: float
+) -> None:
+    """Whole paragraphs pack greedily (measured stable: 1.39 chunks per edit); the sentences of
+    one long paragraph get content-defined cuts, without which an edit re-chunked the rest of
+    it (greedy: mean 2.87, up to 12 chunks; 79% of edits within 3; now 1.92, 87%)."""
+    changed = _changed_chunks_per_edit(paragraphs, sentences, edits=200)
+    assert all(n >= 1 for n in changed)
+    assert sum(changed) / len(changed) <= mean, changed
+    assert sum(1 for n in changed if n <= 3) >= share * len(changed), changed

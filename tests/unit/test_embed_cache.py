@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -31,7 +32,9 @@ def model_dir(tmp_path: Path) -> Path:
     return model
 
 
-def writer(calls: list[int], delay: float = 0.0, payload: bytes = b"exported" * 1000):
+def writer(
+    calls: list[int], delay: float = 0.0, payload: bytes = b"exported" * 1000
+) -> Callable[[Path], None]:
     def build(tmp: Path) -> None:
         calls.append(1)
         time.sleep(delay)

@@ -15,6 +15,7 @@ from freshrag.ingest.events import (
     RecordOrigin,
     Upsert,
     delete_event,
+    document_key,
     encode_event,
     native_event,
     parse_record,
@@ -77,11 +78,16 @@ def test_encode_then_parse_gives_the_same_event(event: Upsert | Delete) -> None:
     assert reparse(native_event(event)) == event
 
 
-@given(non_blank)
-def test_the_record_is_keyed_by_document_id(doc_id: str) -> None:
-    key, value = encode_event(upsert_event(doc_id, "text"))
-    assert key == doc_id.encode()
+@given(non_blank, st.none() | tenants)
+def test_the_record_is_keyed_by_tenant_and_document_id(doc_id: str, tenant: str | None) -> None:
+    """Issue 15: the key names the document across tenants (the default tenant when the event
+    names none), so a compacted topic keeps every tenant's document."""
+    key, value = encode_event(upsert_event(doc_id, "text", tenant=tenant))
+    assert json.loads(key) == {"id": doc_id, "tenant": tenant or "default"}
+    assert key == document_key(tenant, doc_id)
     assert json.loads(value)["id"] == doc_id
+    gone_key, _ = encode_event(delete_event(doc_id, tenant=tenant))
+    assert gone_key == key  # an upsert and a delete of one document share the key
 
 
 def test_fields_left_out_take_the_readers_defaults() -> None:

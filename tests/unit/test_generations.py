@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from freshrag.core.settings import load_settings
-from freshrag.ingest.reindex import lag, payload_source_reason
+from freshrag.reindex import lag, payload_source_reason
 from freshrag.ingest.runner import IngestOptions, recovery_for
 from freshrag.retrieve.generations import (
     BUILD_KEYS,
@@ -179,7 +179,7 @@ def test_lag_counts_records_not_yet_indexed(ends: dict[int, int], marks: dict[st
 
 
 def test_the_quality_gate_refuses_only_a_lower_score() -> None:
-    from freshrag.ingest.reindex import gate_refusal
+    from freshrag.reindex import gate_refusal
 
     assert gate_refusal({"new_ndcg_at_10": 0.71, "old_ndcg_at_10": 0.70}) is None
     assert gate_refusal({"new_ndcg_at_10": 0.70, "old_ndcg_at_10": 0.70}) is None

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
@@ -14,10 +15,11 @@ from freshrag.ingest.indexing import (
     ChunkingConfig,
     DocumentIndexer,
     WriteDelete,
+    WritePatch,
     WriteUpsert,
     collapse,
 )
-from freshrag.retrieve.contract import ChunkLayout, point_id
+from freshrag.retrieve.contract import ChunkLayout, layout_of, point_id
 from tests.unit.fakes import FakeDense, FakeSparse
 
 ORIGIN = RecordOrigin("documents", 0, 0, 1000)
@@ -45,9 +47,10 @@ def test_indexer_embeds_batch_once_and_builds_contract_points() -> None:
         dense, FakeSparse(), ChunkingConfig(max_tokens=20, overlap=0), clock=lambda: NOW
     )
     result = indexer.process([up("a", 1, "alpha " * 50), up("b", 1), Delete("t", "c", 9, ORIGIN)])
-    assert dense.calls == [
-        len([p for w in result.writes if isinstance(w, WriteUpsert) for p in w.points])
-    ]
+    written = [p for w in result.writes if isinstance(w, WriteUpsert) for p in w.points]
+    # one model call for the batch, each distinct chunk text once ("alpha " * 50 repeats)
+    assert dense.calls == [len({p.chunk_hash for p in written})]
+    assert len({p.chunk_hash for p in written}) < len(written)
     upserts = [w for w in result.writes if isinstance(w, WriteUpsert)]
     deletes = [w for w in result.writes if isinstance(w, WriteDelete)]
     assert [w.event.doc_id for w in upserts] == ["a", "b"]
@@ -159,3 +162,125 @@ def test_a_delete_survives_when_the_upsert_replacing_it_in_the_batch_is_dead_let
     result = indexer.process([gone, at(up("a", 3, "poison pill"), 2)])
     assert [type(w).__name__ for w in result.writes] == ["WriteDelete"]
     assert [d.step for d in result.dead_letters] == ["embed"]
+
+
+# -- only what changed is embedded (issue 16) ---------------------------------------------------
+
+MANUAL = "\n\n".join(
+    f"## Section {s}\n\n"
+    + " ".join(f"Step {s}.{i} turns valve {s}{i} clockwise." for i in range(6))
+    for s in range(8)
+)
+
+
+class MemoryIndex:
+    """What the indexer's lookups read: the points a previous batch wrote (pure stand-in)."""
+
+    def __init__(self) -> None:
+        self.points: dict[str, Any] = {}
+
+    def write(self, result: Any) -> None:
+        for w in result.writes:
+            if isinstance(w, WriteUpsert):
+                for p in w.points:
+                    self.points[p.id] = p
+                for pid in [i for i, p in self.points.items() if p.doc_id == w.event.doc_id]:
+                    if self.points[pid].chunk_index >= w.keep_chunks:
+                        del self.points[pid]
+            elif isinstance(w, WritePatch):
+                for pid, p in list(self.points.items()):
+                    if p.doc_id == w.event.doc_id:
+                        self.points[pid] = replace(
+                            p, version=w.payload["version"], metadata=w.payload["metadata"]
+                        )
+
+    def layouts(self, tenant: str | None, doc_ids: Sequence[str]) -> dict[Any, list[ChunkLayout]]:
+        out: dict[Any, list[ChunkLayout]] = {}
+        for p in self.points.values():
+            if p.doc_id in doc_ids:
+                out.setdefault((p.tenant, p.doc_id), []).append(layout_of(p.payload()))
+        return out
+
+    def vectors(self, tenant: str, doc_ids: Sequence[str]) -> dict[str, Any]:
+        return {
+            p.chunk_hash: (p.dense, p.sparse)
+            for p in self.points.values()
+            if p.doc_id in doc_ids and p.chunk_hash
+        }
+
+
+def indexer_on(index: MemoryIndex, dense: FakeDense, fingerprint: str = "fp") -> DocumentIndexer:
+    return DocumentIndexer(
+        dense,
+        FakeSparse(),
+        ChunkingConfig(max_tokens=40, overlap=0),
+        layouts=index.layouts,
+        clock=lambda: NOW,
+        vectors=index.vectors,
+        fingerprint=fingerprint,
+    )
+
+
+def moved(event: Upsert, offset: int, **changes: Any) -> Upsert:
+    return replace(event, origin=replace(ORIGIN, offset=offset), **changes)
+
+
+def test_a_one_sentence_edit_reembeds_only_the_chunks_around_it() -> None:
+    index, dense = MemoryIndex(), FakeDense()
+    indexer = indexer_on(index, dense)
+    first = indexer.process([moved(up("m", 1, MANUAL), 1)])
+    index.write(first)
+    chunks = first.chunks_embedded
+    assert chunks >= 8
+    edited = MANUAL.replace("valve 53 clockwise.", "valve 53 back.")
+    assert edited != MANUAL
+    second = indexer.process([moved(up("m", 2, edited), 2)])
+    assert (
+        1 <= second.chunks_embedded <= 3 and second.chunks_reused == chunks - second.chunks_embedded
+    )
+    (write,) = second.writes
+    assert isinstance(write, WriteUpsert) and len(write.points) == chunks
+    before = {p.chunk_index: p for p in first.writes[0].points}  # type: ignore[union-attr]
+    same = [p for p in write.points if p.chunk_hash == before[p.chunk_index].chunk_hash]
+    assert all(p.dense == before[p.chunk_index].dense and p.version == 2 for p in same)
+    changed = [p for p in write.points if p not in same]
+    assert changed and all("back" in p.text for p in changed)
+
+
+def test_vectors_are_not_reused_across_builds() -> None:
+    index, dense = MemoryIndex(), FakeDense()
+    index.write(indexer_on(index, dense, "model-a").process([moved(up("m", 1, MANUAL), 1)]))
+    again = indexer_on(index, dense, "model-b").process([moved(up("m", 2, MANUAL + " More."), 2)])
+    assert again.chunks_reused == 0
+
+
+def test_a_metadata_only_change_is_a_payload_patch() -> None:
+    index, dense = MemoryIndex(), FakeDense()
+    indexer = indexer_on(index, dense)
+    index.write(indexer.process([moved(up("m", 1, MANUAL), 1)]))
+    calls = list(dense.calls)
+    changed = moved(up("m", 2, MANUAL), 7, metadata={"team": "ops"}, url="https://x/m")
+    result = indexer.process([changed])
+    assert dense.calls == calls and result.chunks_embedded == 0 and result.patched == 1
+    (write,) = result.writes
+    assert isinstance(write, WritePatch) and write.keep_chunks == len(index.points)
+    assert write.payload["version"] == 2 and write.payload["offset"] == 7
+    assert write.payload["metadata"] == {"team": "ops"} and write.payload["url"] == "https://x/m"
+    assert write.payload["acl"] == ["*"]
+    # a crash after part of the patch: mixed versions, same content -> patched again
+    index.write(result)
+    first = next(iter(index.points))
+    index.points[first] = replace(index.points[first], version=1)
+    redo = indexer.process([moved(changed, 7, version=3)])
+    assert isinstance(redo.writes[0], WritePatch) and redo.chunks_embedded == 0
+
+
+def test_a_title_change_or_a_newer_index_is_not_a_patch() -> None:
+    index, dense = MemoryIndex(), FakeDense()
+    indexer = indexer_on(index, dense)
+    index.write(indexer.process([moved(up("m", 5, MANUAL), 1)]))
+    retitled = indexer.process([moved(up("m", 6, MANUAL), 2, title="New title")])
+    assert retitled.patched == 0 and isinstance(retitled.writes[0], WriteUpsert)
+    assert retitled.chunks_embedded > 0  # the title is in every chunk's embedded context
+    older = indexer.process([moved(up("m", 4, MANUAL), 3, metadata={"x": 1})])
+    assert older.patched == 0 and older.writes == [] and older.skipped

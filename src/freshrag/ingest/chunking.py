@@ -8,6 +8,7 @@ tokenizer (passed in as a TokenCounter), so no chunk is silently truncated by th
 from __future__ import annotations
 
 import re
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -111,6 +112,17 @@ def split_sections(text: str) -> list[Section]:
     return sections
 
 
+CDC_MIN_FILL = 0.7  # a content-defined cut needs the chunk this full (of its budget)
+CDC_PERIOD = 3  # about one piece in CDC_PERIOD marks a boundary
+CDC_BACKTRACK_FILL = 0.4  # at the budget, cut at the last boundary piece past this fill
+
+
+def _marks_boundary(piece: str) -> bool:
+    """Whether a chunk may end after this piece: decided by its content alone (stable hash),
+    so the same text gives the same boundaries wherever it moves in the document."""
+    return zlib.crc32(piece.encode("utf-8", "surrogatepass")) % CDC_PERIOD == 0
+
+
 def _split_words(text: str) -> list[str]:
     return text.split()
 
@@ -122,6 +134,9 @@ class _Packer:
         self.counter = counter
         self.budget = budget
         self.overlap = overlap
+        # Sentences of paragraphs too long for one chunk: content-defined cut candidates. Whole
+        # paragraphs are packed greedily, which is already stable under local edits (measured).
+        self.sentences: set[str] = set()
 
     def pieces(self, body: str) -> list[tuple[str, int]]:
         """Break a section into pieces that each fit the budget: paragraph > sentence > word."""
@@ -137,6 +152,7 @@ class _Packer:
             for sent, sn in zip(sentences, s_counts, strict=True):
                 if sn <= self.budget:
                     out.append((sent, sn))
+                    self.sentences.add(sent)
                 else:
                     out.extend(self.words(sent))
         return out
@@ -157,17 +173,41 @@ class _Packer:
         return out
 
     def pack(self, pieces: list[tuple[str, int]]) -> list[tuple[str, int]]:
+        """Content-defined chunking: a chunk ends after a piece whose content marks a boundary
+        (`_marks_boundary`) once the chunk is `CDC_MIN_FILL` full; when the budget is reached
+        first, it ends at the last such piece past `CDC_BACKTRACK_FILL`, and only when there is
+        none at the budget. Boundaries so depend on the text around them, not on everything
+        before them: an edit changes the chunks around it, not every later one."""
         chunks: list[tuple[str, int]] = []
         current: list[tuple[str, int]] = []
         used = 0
+        fresh = 0  # tokens of `current` that are not overlap from the previous chunk
+        last_cut: int | None = None  # pieces of `current` up to a backtrack boundary
+
+        def cut(at: int, next_tokens: int) -> None:
+            nonlocal current, used, fresh, last_cut
+            emitted, rest = current[:at], current[at:]
+            chunks.append(self._emit(emitted))
+            rest_tokens = sum(c for _, c in rest)
+            current = self._overlap_tail(emitted, limit=self.budget - next_tokens - rest_tokens)
+            current += rest
+            used = sum(c for _, c in current)
+            fresh = rest_tokens
+            last_cut = None
+
         for piece, n in pieces:
             if current and used + n > self.budget:
-                chunks.append(self._emit(current))
-                current = self._overlap_tail(current, limit=self.budget - n)
-                used = sum(c for _, c in current)
+                cut(last_cut if last_cut is not None else len(current), n)
             current.append((piece, n))
             used += n
-        if current:
+            fresh += n
+            if fresh <= self.overlap or piece not in self.sentences or not _marks_boundary(piece):
+                continue
+            if used >= self.budget * CDC_MIN_FILL:
+                cut(len(current), 0)
+            elif used >= self.budget * CDC_BACKTRACK_FILL:
+                last_cut = len(current)
+        if current and fresh:
             chunks.append(self._emit(current))
         return chunks
 

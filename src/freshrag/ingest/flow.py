@@ -62,7 +62,8 @@ from freshrag.ingest.watermarks import (
     WatermarkBoard,
     finished_by_partition,
 )
-from freshrag.retrieve.contract import Store
+from freshrag.retrieve.contract import DENSE_DIM, Store
+from freshrag.retrieve.generations import manifest_for
 
 Bytes = bytes | None
 WriteListener = Callable[[list[IndexWrite]], None]
@@ -109,11 +110,17 @@ def build_flow(parts: FlowParts, flow_id: str = "freshrag-ingest") -> Dataflow:
     def layouts(tenant: str | None, doc_ids: Sequence[str]) -> Any:
         return writer.read(lambda: parts.store.chunk_layouts(tenant, doc_ids))
 
+    def vectors(tenant: str, doc_ids: Sequence[str]) -> Any:
+        return writer.read(lambda: parts.store.chunk_vectors(tenant, doc_ids))
+
+    dimension = getattr(parts.dense, "dimension", DENSE_DIM)
     indexer = DocumentIndexer(
         parts.dense,
         parts.sparse,
         ChunkingConfig(max_tokens=s.chunk_tokens, overlap=s.chunk_overlap),
         layouts=layouts,
+        vectors=vectors,
+        fingerprint=manifest_for(s, int(dimension)).fingerprint,
     )
     brokers = s.kafka_bootstrap.split(",")
 
@@ -185,6 +192,10 @@ def build_flow(parts: FlowParts, flow_id: str = "freshrag-ingest") -> Dataflow:
         if result.chunks_embedded:
             metrics.embed_batch_size.observe(result.chunks_embedded)
             metrics.embed_latency.observe(result.embed_seconds)
+        if result.chunks_reused:
+            metrics.chunks_reused.inc(result.chunks_reused)
+        if result.patched:
+            metrics.payload_patches.inc(result.patched)
         outcome = writer.apply(result.writes)  # raises only when the store stays unavailable
         if outcome.applied:
             written(outcome.applied)

@@ -24,7 +24,7 @@ from tenacity import (
 )
 
 from freshrag.ingest.events import DeadLetter, RawRecord
-from freshrag.ingest.indexing import IndexWrite, WriteDelete, WriteUpsert
+from freshrag.ingest.indexing import IndexWrite, WriteDelete, WritePatch, WriteUpsert
 from freshrag.retrieve.contract import Store
 
 log = logging.getLogger("freshrag.ingest.index")
@@ -198,7 +198,11 @@ class IndexWriter:
         for start in range(0, len(points), self.max_points_per_call):
             self.store.upsert_chunks(points[start : start + self.max_points_per_call])
         for w in group:
-            if isinstance(w, WriteUpsert):
+            if isinstance(w, WritePatch):  # in place; the cleanup below is a no-op normally
+                e0 = w.event
+                self.store.patch_document(e0.tenant, e0.doc_id, w.payload)
+                self.store.delete_versions_below(e0.tenant, e0.doc_id, e0.version, w.keep_chunks)
+            elif isinstance(w, WriteUpsert):
                 e = w.event
                 self.store.delete_versions_below(e.tenant, e.doc_id, e.version, w.keep_chunks)
             elif isinstance(w, WriteDelete):

@@ -1,7 +1,10 @@
 """From gated change events to index writes: collapse, chunk, embed (pure given its ports).
 
 Embedding is the cost, so it runs once per batch across documents; a failure falls back to
-per-document embedding so one bad document is dead-lettered and the rest are written.
+per-document embedding so one bad document is dead-lettered and the rest are written. And it is
+paid only for what changed: a new version whose title and text are those already indexed is a
+payload patch (no chunking, no embedding), and the chunks of an edited document whose exact
+embedded text is already in the index (same hash, same model and chunking) reuse its vectors.
 """
 
 from __future__ import annotations
@@ -10,11 +13,19 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
+from freshrag.core.embed_errors import BackendUnavailableError
 from freshrag.ingest.chunking import Chunk, TokenCounter, chunk_document, embedding_text
 from freshrag.ingest.events import ChangeEvent, DeadLetter, Delete, RawRecord, Upsert
-from freshrag.retrieve.contract import ChunkLayout, ChunkPoint, SparseVector
+from freshrag.retrieve.contract import (
+    ChunkLayout,
+    ChunkPoint,
+    SparseVector,
+    StoredVectors,
+    acl_payload,
+    text_hash,
+)
 
 
 class DenseEmbedder(TokenCounter, Protocol):
@@ -30,6 +41,8 @@ class SparseEmbedder(Protocol):
 LayoutLookup = Callable[
     [str | None, Sequence[str]], Mapping[tuple[str, str], Sequence[ChunkLayout]]
 ]
+# (tenant, doc_ids) -> {chunk_hash: vectors} of those documents' points (reuse on an edit).
+VectorLookup = Callable[[str, Sequence[str]], Mapping[str, StoredVectors]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +60,52 @@ class WriteDelete:
     event: Delete
 
 
-IndexWrite = WriteUpsert | WriteDelete
+@dataclass(frozen=True, slots=True)
+class WritePatch:
+    """A new version with the title and text already indexed (only metadata, url, acl or
+    updated_at differ): set `payload` on the document's points in place, then clean up like
+    an upsert of `keep_chunks` chunks. Nothing is embedded."""
+
+    event: Upsert
+    payload: dict[str, Any]
+    keep_chunks: int
+
+
+IndexWrite = WriteUpsert | WriteDelete | WritePatch
+
+
+def patch_payload(event: Upsert, indexed_at: datetime) -> dict[str, Any]:
+    """The payload fields an upsert sets that do not depend on its text."""
+    return {
+        "version": event.version,
+        "updated_at": event.updated_at.isoformat(),
+        "indexed_at": indexed_at.isoformat(),
+        "url": event.url,
+        "source": event.source,
+        "metadata": dict(event.metadata),
+        "acl": acl_payload(getattr(event, "acl", None)),
+        "topic": event.origin.topic,
+        "partition": event.origin.partition,
+        "offset": event.origin.offset,
+    }
+
+
+def patchable_chunk_count(
+    points: Sequence[ChunkLayout], event: Upsert, content_hash: str
+) -> int | None:
+    """n when the index holds exactly chunks 0..n-1 (one chunk_count n) of this document, all
+    with `content_hash` and none newer than the event: a payload patch then makes it the
+    event's version. Versions may be mixed (a patch cut short by a crash converges)."""
+    if not points or not content_hash:
+        return None
+    if any(p.content_hash != content_hash or p.version > event.version for p in points):
+        return None
+    count = points[0].chunk_count
+    if any(p.chunk_count != count for p in points):
+        return None
+    if sorted(p.chunk_index for p in points) != list(range(count)):
+        return None
+    return count
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +147,8 @@ class BatchResult:
     superseded: list[ChangeEvent] = field(default_factory=list)
     chunks_embedded: int = 0
     embed_seconds: float = 0.0
+    chunks_reused: int = 0  # chunks whose vectors came from the index (unchanged text)
+    patched: int = 0  # documents updated by a payload patch
 
 
 class DocumentIndexer:
@@ -101,12 +161,26 @@ class DocumentIndexer:
         config: ChunkingConfig,
         layouts: LayoutLookup | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        *,
+        vectors: VectorLookup | None = None,
+        fingerprint: str = "",
     ) -> None:
+        """`fingerprint`: the index generation's build settings (model, chunking); it is part
+        of every chunk and content hash, so vectors are only reused within one build."""
         self.dense = dense
         self.sparse = sparse
         self.config = config
         self.layouts = layouts
         self.clock = clock
+        self.vectors = vectors
+        self.fingerprint = fingerprint
+
+    def content_hash(self, event: Upsert) -> str:
+        """What decides the chunks and their vectors: the title and the text (and the build)."""
+        return text_hash(self.fingerprint, event.title, event.text)
+
+    def chunk_hash(self, text: str) -> str:
+        return text_hash(self.fingerprint, text)
 
     def process(self, events: Sequence[ChangeEvent]) -> BatchResult:
         result = BatchResult([], [], [])
@@ -121,7 +195,7 @@ class DocumentIndexer:
             if isinstance(event, Delete):
                 result.writes.append(WriteDelete(event))
                 continue
-            if isinstance(event, WriteUpsert):  # cleanup-only: the chunks are all there
+            if isinstance(event, WriteUpsert | WritePatch):  # nothing to embed
                 result.writes.append(event)
                 continue
             try:
@@ -162,7 +236,7 @@ class DocumentIndexer:
 
     def _plan_against_index(
         self, events: list[ChangeEvent], result: BatchResult
-    ) -> list[ChangeEvent | WriteUpsert]:
+    ) -> list[ChangeEvent | WriteUpsert | WritePatch]:
         """Skip the embedding of upserts the index already holds completely (replays).
 
         Complete means chunks 0..n-1 of one chunk_count n at the event's version (and, for a
@@ -179,7 +253,7 @@ class DocumentIndexer:
         indexed: dict[tuple[str, str], Sequence[ChunkLayout]] = {}
         for tenant, doc_ids in by_tenant.items():
             indexed.update(self.layouts(tenant, doc_ids))
-        planned: list[ChangeEvent | WriteUpsert] = []
+        planned: list[ChangeEvent | WriteUpsert | WritePatch] = []
         deleted_here: set[str] = set()
         for e in events:
             if not isinstance(e, Upsert):
@@ -194,12 +268,36 @@ class DocumentIndexer:
                 result.skipped.append(e)
                 continue
             complete = complete_chunk_count(points, e)
-            if complete is None:
+            patch = (
+                None
+                if complete is not None
+                else patchable_chunk_count(points, e, self.content_hash(e))
+            )
+            if patch is not None:
+                result.patched += 1
+                planned.append(WritePatch(e, patch_payload(e, self.clock()), patch))
+            elif complete is None:
                 planned.append(e)
             else:
                 result.skipped.append(e)
                 planned.append(WriteUpsert(e, [], keep_chunks=complete))
         return planned
+
+    def _known_vectors(self, chunked: list[tuple[Upsert, list[Chunk]]]) -> dict[str, Any]:
+        """Vectors the index holds for these documents' chunks, by chunk hash ({} when the
+        lookup is off or fails: then everything is embedded, which is always correct)."""
+        if self.vectors is None:
+            return {}
+        by_tenant: dict[str, list[str]] = {}
+        for event, _ in chunked:
+            by_tenant.setdefault(event.tenant, []).append(event.doc_id)
+        known: dict[str, Any] = {}
+        try:
+            for tenant, doc_ids in by_tenant.items():
+                known.update(self.vectors(tenant, doc_ids))
+        except Exception:  # an optimisation: never the reason a document is not indexed
+            return {}
+        return known
 
     def _embed(
         self, chunked: list[tuple[Upsert, list[Chunk]]], result: BatchResult
@@ -207,15 +305,26 @@ class DocumentIndexer:
         if not chunked:
             return []
         texts = [embedding_text(c) for _, chunks in chunked for c in chunks]
+        hashes = [self.chunk_hash(t) for t in texts]
+        known = self._known_vectors(chunked)
+        todo: dict[str, str] = {}  # hash -> text, each distinct new text embedded once
+        for h, t in zip(hashes, texts, strict=True):
+            if h not in known:
+                todo.setdefault(h, t)
+        new_texts = list(todo.values())
         try:
-            dense = self.dense.embed_documents(texts)
-            sparse = self.sparse.embed_documents(texts)  # title + headings help BM25 (+0.02)
+            dense_new = self.dense.embed_documents(new_texts) if new_texts else []
+            sparse_new = self.sparse.embed_documents(new_texts) if new_texts else []
+        except BackendUnavailableError:
+            raise  # the model is down (remote endpoint), not the documents: fail loudly
         except Exception:
             if len(chunked) == 1:
                 event = chunked[0][0]
                 try:
-                    dense = self.dense.embed_documents(texts)
-                    sparse = self.sparse.embed_documents(texts)
+                    dense_new = self.dense.embed_documents(new_texts)
+                    sparse_new = self.sparse.embed_documents(new_texts)
+                except BackendUnavailableError:
+                    raise
                 except Exception as exc:
                     result.dead_letters.append(
                         dead_letter_for(
@@ -228,13 +337,19 @@ class DocumentIndexer:
                 for item in chunked:
                     isolated.extend(self._embed([item], result))
                 return isolated
-        result.chunks_embedded += len(texts)
+        vectors = dict(known)
+        for h, d, sp in zip(todo, dense_new, sparse_new, strict=True):
+            vectors[h] = (d, sp)
+        result.chunks_embedded += len(new_texts)
+        result.chunks_reused += sum(1 for h in hashes if h in known)
         now = self.clock()
         writes: list[IndexWrite] = []
         pos = 0
         for event, chunks in chunked:
             points = []
+            content = self.content_hash(event)
             for chunk in chunks:
+                dense, sparse = vectors[hashes[pos]]
                 points.append(
                     ChunkPoint(
                         tenant=event.tenant,
@@ -250,11 +365,14 @@ class DocumentIndexer:
                         updated_at=event.updated_at,
                         indexed_at=now,
                         metadata=event.metadata,
-                        dense=dense[pos],
-                        sparse=sparse[pos],
+                        dense=dense,
+                        sparse=sparse,
                         topic=event.origin.topic,
                         partition=event.origin.partition,
                         offset=event.origin.offset,
+                        acl=event.acl,
+                        chunk_hash=hashes[pos],
+                        content_hash=content,
                     )
                 )
                 pos += 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -18,6 +19,7 @@ from bytewax.connectors.kafka import (
 from bytewax.inputs import StatefulSourcePartition
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
+from freshrag.core.settings import Settings
 from freshrag.ingest.dlq import DEFAULT_DLQ_MAX_MESSAGE_BYTES, fit_dead_letter
 from freshrag.ingest.events import DeadLetter, RawRecord, RecordOrigin
 from freshrag.ingest.watermarks import ReadNotice
@@ -254,3 +256,110 @@ def ensure_topics(
         except Exception as exc:  # created concurrently by another process is fine
             if "TOPIC_ALREADY_EXISTS" not in str(exc):
                 raise RuntimeError(f"cannot create topic {name}: {exc}") from exc
+
+
+def documents_topic_config(delete_retention_ms: int, min_compaction_lag_ms: int) -> dict[str, str]:
+    """Topic config of the documents topic freshrag creates: log-compacted, so it keeps the
+    latest event of every (tenant, document) key for good and can rebuild an index; a tombstone
+    stays `delete_retention_ms` after compaction, and no event is compacted away before it is
+    `min_compaction_lag_ms` old."""
+    return {
+        "cleanup.policy": "compact",
+        "delete.retention.ms": str(delete_retention_ms),
+        "min.compaction.lag.ms": str(min_compaction_lag_ms),
+    }
+
+
+def alter_command(bootstrap: str, topic: str, config: Mapping[str, str]) -> str:
+    """The kafka-configs.sh command that gives an existing topic `config`."""
+    pairs = ",".join(f"{k}={v}" for k, v in config.items())
+    return (
+        f"kafka-configs.sh --bootstrap-server {bootstrap} --alter --entity-type topics "
+        f"--entity-name {topic} --add-config {pairs}"
+    )
+
+
+def ensure_compacted(
+    bootstrap: str,
+    topic: str,
+    config: Mapping[str, str],
+    *,
+    convert: bool,
+    timeout: float = 30,
+) -> str:
+    """Check that the existing `topic` is log-compacted (`cleanup.policy=compact`, without
+    `delete`, whose time retention would drop documents). If not: with `convert`, set `config`
+    on it (incremental alter, other settings kept) and return "converted"; else log a warning
+    naming the command and return "not compacted". "compacted" when it already is."""
+    from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            described = admin.describe_configs([resource], request_timeout=timeout)
+            entries = next(iter(described.values())).result(timeout=timeout)
+            break
+        except Exception as exc:
+            # a topic created a moment ago may not be known to the broker yet
+            if "UNKNOWN_TOPIC" in str(exc) and time.monotonic() < deadline:
+                time.sleep(0.2)
+                continue
+            raise RuntimeError(f"cannot read the config of topic {topic}: {exc}") from exc
+    policy = str(entries["cleanup.policy"].value) if "cleanup.policy" in entries else "delete"
+    if set(policy.split(",")) == {"compact"}:
+        return "compacted"
+    if not convert:
+        log.warning(
+            "topic %s has cleanup.policy=%s: records are deleted after its retention, so it "
+            "cannot rebuild the index; convert it with FRESHRAG_TOPIC_COMPACT_EXISTING=true "
+            "or: %s",
+            topic,
+            policy,
+            alter_command(bootstrap, topic, config),
+        )
+        return "not compacted"
+    change = ConfigResource(
+        ConfigResource.Type.TOPIC,
+        topic,
+        incremental_configs=[
+            ConfigEntry(name, value, incremental_operation=AlterConfigOpType.SET)
+            for name, value in config.items()
+        ],
+    )
+    try:
+        for future in admin.incremental_alter_configs([change], request_timeout=timeout).values():
+            future.result(timeout=timeout)
+    except Exception as exc:
+        raise RuntimeError(
+            f"cannot make topic {topic} compacted ({exc}); an operator can run: "
+            f"{alter_command(bootstrap, topic, config)}"
+        ) from exc
+    log.warning("topic %s converted from cleanup.policy=%s to %s", topic, policy, dict(config))
+    return "converted"
+
+
+def ensure_event_topics(settings: Settings, partitions: int, timeout: float = 30) -> str:
+    """Create the documents topic (compacted, `partitions`) and the DLQ topic (delete
+    retention) when missing, and check that an existing documents topic is compacted
+    (`ensure_compacted`, converting it when FRESHRAG_TOPIC_COMPACT_EXISTING is set)."""
+    documents = documents_topic_config(
+        settings.topic_delete_retention_ms, settings.topic_min_compaction_lag_ms
+    )
+    ensure_topics(
+        settings.kafka_bootstrap,
+        [(settings.topic, partitions), (settings.dlq_topic, 1)],
+        timeout,
+        configs={
+            settings.topic: documents,
+            settings.dlq_topic: dlq_topic_config(settings.dlq_max_message_bytes),
+        },
+    )
+    return ensure_compacted(
+        settings.kafka_bootstrap,
+        settings.topic,
+        documents,
+        convert=settings.topic_compact_existing,
+        timeout=timeout,
+    )

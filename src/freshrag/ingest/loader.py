@@ -1,6 +1,6 @@
-"""Reads documents from a folder of text/markdown files, a JSONL file or a BEIR corpus, and turns
-them into native upsert events (`events.upsert_event`); `produce_events` sends them to Kafka
-through `producer.EventProducer.send_many`."""
+"""Reads documents from a folder of text/markdown/HTML files, a JSONL file or a BEIR corpus,
+and turns them into native upsert events (`events.upsert_event`); `produce_events` sends them
+to Kafka through `producer.EventProducer.send_many`."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from freshrag.ingest.events import upsert_event
+from freshrag.ingest.formats import HTML, FormatError, to_indexable_text
 
-TEXT_SUFFIXES = {".md", ".markdown", ".txt", ".rst"}
+HTML_SUFFIXES = {".html", ".htm"}  # sent with content_type text/html
+TEXT_SUFFIXES = {".md", ".markdown", ".txt", ".rst", *HTML_SUFFIXES}
 
 
 class LoadError(ValueError):
@@ -65,7 +67,8 @@ def _folder(root: Path) -> Iterator[dict[str, Any]]:
         except UnicodeDecodeError as exc:
             raise LoadError(f"{path}: not UTF-8 ({exc.reason})") from None
         title = path.stem.replace("_", " ").replace("-", " ")
-        for line in text.splitlines():
+        content_type = HTML if path.suffix.lower() in HTML_SUFFIXES else None
+        for line in _title_source(text, content_type).splitlines():
             if line.startswith("# "):
                 title = line[2:].strip()
                 break
@@ -79,7 +82,18 @@ def _folder(root: Path) -> Iterator[dict[str, Any]]:
             # the file's mtime: loading an unchanged file again is a no-op for the index
             version=stat.st_mtime_ns // 1_000_000,
             updated_at=_iso(stat.st_mtime),
+            content_type=content_type,
         )
+
+
+def _title_source(text: str, content_type: str | None) -> str:
+    """The text whose first `# ` heading titles the document: an HTML file's converted text."""
+    if content_type is None:
+        return text
+    try:
+        return to_indexable_text(text, content_type)
+    except FormatError:
+        return ""  # sent as is: the flow dead-letters it with the reason
 
 
 def _iso(timestamp: float) -> str:
@@ -114,6 +128,8 @@ def _jsonl(path: Path) -> Iterator[dict[str, Any]]:
                 version=file_version if row.get("version") is None else row["version"],
                 updated_at=row.get("updated_at"),
                 metadata=meta if isinstance(meta, dict) else None,
+                content_type=row.get("content_type"),
+                acl=row.get("acl"),  # {"users": [...], "groups": [...]}; checked by the flow
             )
 
 
@@ -124,7 +140,8 @@ def produce_events(
     on_sent: Callable[[], None] = lambda: None,
     limit: int | None = None,
 ) -> int:
-    """Produce events keyed by document id with the idempotent producer; returns the count."""
+    """Produce events with the idempotent producer, keyed by tenant and document id
+    (`events.document_key`, on the document id's partition); returns the count."""
     from freshrag.ingest.producer import EventProducer, ProduceError
 
     try:

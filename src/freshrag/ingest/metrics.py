@@ -25,6 +25,16 @@ class IngestMetrics:
         self.chunks_written = Counter(
             "freshrag_ingest_chunks_written", "Chunks upserted into the index", registry=r
         )
+        self.chunks_reused = Counter(
+            "freshrag_ingest_chunks_reused",
+            "Chunks of edited documents whose vectors were reused (their text was unchanged)",
+            registry=r,
+        )
+        self.payload_patches = Counter(
+            "freshrag_ingest_payload_patches",
+            "Documents whose new version only changed metadata: payloads patched, nothing embedded",
+            registry=r,
+        )
         self.embed_batch_size = Histogram(
             "freshrag_ingest_embed_batch_chunks",
             "Chunks per embedding batch",

@@ -1,7 +1,14 @@
 """The one way change events reach Kafka: `EventProducer.send` (one event, waits for the
 broker's acknowledgement: the API's writes) and `send_many` (a stream of events, batched and
-compressed: `freshrag load`). Both key each record by document id and encode it with
-`events.encode_event`, and both use the idempotent producer (no duplicates on retry).
+compressed: `freshrag load`). Both encode each record with `events.encode_event` (keyed by
+tenant and document id, see `events.document_key`), and both use the idempotent producer (no
+duplicates on retry).
+
+The partition is chosen by the document id alone (`partition_for`: CRC32 of the id, the hash of
+librdkafka's default partitioner, so it is the partition the bare-id keys of earlier versions
+went to). One document's events therefore stay on one partition, across tenants and across
+the change of key: the version gate breaks version ties by offset, which only orders records of
+one partition.
 
 confluent_kafka is imported when a producer is made, so importing this module loads no client.
 """
@@ -10,11 +17,22 @@ from __future__ import annotations
 
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from freshrag.ingest.events import encode_event
+
+# how long a topic's partition count is trusted before it is asked again
+PARTITIONS_REFRESH_S = 300.0
+
+
+def partition_for(doc_id: Any, partitions: int) -> int:
+    """The partition of a document's events: CRC32 of its id (UTF-8) modulo the partition count,
+    as librdkafka's default `consistent_random` partitioner placed a bare-id key."""
+    text = doc_id if isinstance(doc_id, str) else str(doc_id)
+    return zlib.crc32(text.encode("utf-8", "surrogatepass")) % partitions
 
 
 class ProduceError(RuntimeError):
@@ -69,6 +87,28 @@ class EventProducer:
             config["compression.type"] = compression
         self._producer = Producer(config)
         self._lock = threading.Lock()
+        self._partitions: int | None = None
+        self._partitions_at = 0.0
+        self._asked_at = -1e9
+
+    def _partition(self, event: Mapping[str, Any]) -> int:
+        """`partition_for` the event's id, or -1 (the client's partitioner) while the topic's
+        partition count is unknown (the topic does not exist yet)."""
+        now = time.monotonic()
+        stale = now - self._partitions_at > PARTITIONS_REFRESH_S
+        if (self._partitions is None or stale) and now - self._asked_at > 1.0:
+            self._asked_at = now  # while the broker is down, ask at most once a second
+            try:
+                meta = self._producer.list_topics(self.topic, timeout=min(self.timeout_s, 5.0))
+                topic = meta.topics.get(self.topic)
+                if topic is not None and topic.error is None and topic.partitions:
+                    self._partitions = len(topic.partitions)
+                    self._partitions_at = now
+            except Exception:  # unreachable: keep the last count; the produce reports it
+                pass
+        if self._partitions is None:
+            return -1
+        return partition_for(event.get("id"), self._partitions)
 
     def send(self, event: Mapping[str, Any]) -> Produced:
         """Produce one event and wait for the broker's acknowledgement."""
@@ -83,9 +123,16 @@ class EventProducer:
             done.set()
 
         key, value = encode_event(event)
+        partition = self._partition(event)
         try:
             with self._lock:
-                self._producer.produce(self.topic, key=key, value=value, on_delivery=delivered)
+                self._producer.produce(
+                    self.topic,
+                    key=key,
+                    value=value,
+                    partition=partition,
+                    on_delivery=delivered,
+                )
         except (KafkaException, BufferError) as exc:
             raise ProduceError(self.bootstrap, str(exc)) from exc
         # Bounded by the clock, not by loop passes: poll() returns early whenever it serves any
@@ -135,9 +182,16 @@ class EventProducer:
             if limit is not None and sent >= limit:
                 break
             key, value = encode_event(event)
+            partition = self._partition(event)
             while True:
                 try:
-                    self._producer.produce(self.topic, key=key, value=value, on_delivery=delivered)
+                    self._producer.produce(
+                        self.topic,
+                        key=key,
+                        value=value,
+                        partition=partition,
+                        on_delivery=delivered,
+                    )
                     break
                 except BufferError:
                     self._producer.poll(0.5)

@@ -20,7 +20,7 @@ from freshrag.core.settings import Settings
 from freshrag.core.sparse import Bm25Encoder
 from freshrag.ingest.cluster import PEER_LOST_EXIT, PeerWatch
 from freshrag.ingest.flow import FlowParts, build_flow
-from freshrag.ingest.kafka_io import dlq_topic_config, ensure_topics
+from freshrag.ingest.kafka_io import ensure_event_topics
 from freshrag.ingest.metrics import IngestMetrics
 from freshrag.retrieve.contract import DENSE_DIM, Store
 from freshrag.retrieve.generations import IndexSettingsMismatch, manifest_for
@@ -150,6 +150,43 @@ def _is_recovery_partition(path: Path) -> bool:
         return False
 
 
+class FlowThread:
+    """The bytewax dataflow in a background thread; a stop event ends it cleanly."""
+
+    def __init__(self, flow: Any, opts: IngestOptions, stop: threading.Event) -> None:
+        self.flow = flow
+        self.opts = opts
+        self.stop_event = stop
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="freshrag-flow", daemon=True)
+
+    def _run(self) -> None:
+        from bytewax.run import cli_main
+
+        try:
+            cli_main(
+                self.flow,
+                workers_per_process=self.opts.workers,
+                epoch_interval=self.opts.snapshot_interval,
+                recovery_config=prepare_recovery(self.opts),
+            )
+        except BaseException as exc:
+            self.error = exc
+            log.exception("the ingest dataflow failed")
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def alive(self) -> bool:
+        return self.thread.is_alive() and self.error is None
+
+    def stop(self, timeout: float = 60) -> None:
+        self.stop_event.set()
+        self.thread.join(timeout)
+        if self.thread.is_alive():
+            log.error("the dataflow did not stop within %ss", timeout)
+
+
 class WatermarkPublisher:
     """Publishes the flow's indexed watermarks to the store, so separate API processes can
     serve read-your-writes (`consistency_token`)."""
@@ -219,11 +256,7 @@ def run_ingest(settings: Settings, opts: IngestOptions) -> None:
     from prometheus_client import start_http_server
 
     check_options(settings, opts)
-    ensure_topics(
-        settings.kafka_bootstrap,
-        [(settings.topic, opts.topic_partitions), (settings.dlq_topic, 1)],
-        configs={settings.dlq_topic: dlq_topic_config(settings.dlq_max_message_bytes)},
-    )
+    ensure_event_topics(settings, opts.topic_partitions)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:

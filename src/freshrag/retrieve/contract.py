@@ -29,7 +29,29 @@ PAYLOAD_INDEXES: Mapping[str, str] = {
     "doc_id": "keyword",
     "updated_at": "datetime",
     "version": "integer",
+    "acl": "keyword",
 }
+
+# `acl` payload of a document readable by its whole tenant (no `acl` in its event).
+EVERYONE = "*"
+# `acl` payload of a document no caller may read (an `acl` with no users and no groups).
+NOBODY = "nobody"
+
+
+def acl_payload(acl: Sequence[str] | None) -> list[str]:
+    """The stored `acl`: the principals allowed to read ("user:alice", "group:eng"), or
+    [EVERYONE]. Points written before ACLs existed have none and count as [EVERYONE]."""
+    if acl is None:
+        return [EVERYONE]
+    # an empty list would read as "no acl" (Qdrant's is_empty), i.e. readable by all
+    return sorted(set(acl)) or [NOBODY]
+
+
+def text_hash(*parts: str) -> str:
+    """Short stable hash of texts (NUL-separated): what a chunk embedded, what a document said."""
+    import hashlib
+
+    return hashlib.sha256("\0".join(parts).encode("utf-8", "surrogatepass")).hexdigest()[:24]
 
 
 class SchemaMismatchError(RuntimeError):
@@ -64,6 +86,12 @@ class ChunkPoint:
     topic: str = ""
     partition: int = -1
     offset: int = -1
+    acl: Sequence[str] | None = None  # None: the whole tenant may read it
+    # hash of the exact text embedded (+ the generation's build fingerprint): vectors of an
+    # unchanged chunk are reused by the next version; "" when unknown
+    chunk_hash: str = ""
+    # hash of the document's title + text: a new version with the same one only patches payloads
+    content_hash: str = ""
 
     @property
     def id(self) -> str:
@@ -87,16 +115,25 @@ class ChunkPoint:
             "topic": self.topic,
             "partition": self.partition,
             "offset": self.offset,
+            "acl": acl_payload(self.acl),
+            "chunk_hash": self.chunk_hash,
+            "content_hash": self.content_hash,
         }
 
 
+# A stored chunk's vectors, reused when an edit leaves its text unchanged.
+StoredVectors = tuple[Sequence[float], SparseVector]
+
+
 class ChunkLayout(NamedTuple):
-    """What the index holds of one point: enough to prove a document is complete."""
+    """What the index holds of one point: enough to prove a document is complete, and (its
+    content hash) whether a new version changes its text at all."""
 
     version: int
     offset: int
     chunk_index: int
     chunk_count: int
+    content_hash: str = ""
 
 
 def layout_of(payload: Mapping[str, Any]) -> ChunkLayout:
@@ -106,6 +143,7 @@ def layout_of(payload: Mapping[str, Any]) -> ChunkLayout:
         int(payload.get("offset", -1) if payload.get("offset") is not None else -1),
         int(payload["chunk_index"]),
         int(payload["chunk_count"]),
+        str(payload.get("content_hash") or ""),
     )
 
 
@@ -119,6 +157,10 @@ class SearchFilter:
     updated_after: datetime | None = None
     updated_before: datetime | None = None
     doc_ids: Sequence[str] | None = None
+    # The caller's principals ("user:alice", "group:eng"; EVERYONE is implied): a point matches
+    # when its `acl` holds one of them, or it has no `acl` (written before ACLs). None: no ACL
+    # condition, for internal tools only (eval, verify, CLI); the API always sets it.
+    principals: Sequence[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +205,17 @@ class Store(Protocol):
     def delete_document(self, tenant: str, doc_id: str, up_to_version: int | None = None) -> None:
         """Delete the document's points with version <= `up_to_version` (all when None)."""
 
-    def document_status(self, tenant: str, doc_id: str) -> DocumentStatus | None: ...
+    def document_status(
+        self, tenant: str, doc_id: str, principals: Sequence[str] | None = None
+    ) -> DocumentStatus | None:
+        """None when the tenant has no such document, or (`principals` given) none of its
+        points is readable by them (see `SearchFilter.principals`)."""
+
+    def patch_document(self, tenant: str, doc_id: str, payload: Mapping[str, Any]) -> None:
+        """Set `payload`'s fields on every point of the document (a metadata-only change)."""
+
+    def chunk_vectors(self, tenant: str, doc_ids: Sequence[str]) -> dict[str, StoredVectors]:
+        """{chunk_hash: (dense, sparse)} of the documents' points that have a chunk hash."""
 
     def document_versions(self, tenant: str, doc_ids: Sequence[str]) -> dict[str, int]:
         """Highest indexed version per document (absent docs are left out)."""

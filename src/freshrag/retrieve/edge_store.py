@@ -42,6 +42,8 @@ from freshrag.retrieve.contract import (
     DEFAULT_COLLECTION,
     DENSE_DIM,
     DENSE_VECTOR,
+    EVERYONE,
+    NOBODY,
     PAYLOAD_INDEXES,
     SPARSE_VECTOR,
     ChunkLayout,
@@ -51,6 +53,7 @@ from freshrag.retrieve.contract import (
     SchemaMismatchError,
     SearchFilter,
     SparseVector,
+    StoredVectors,
 )
 from freshrag.retrieve.payloads import (
     LAYOUT_FIELDS,
@@ -180,7 +183,16 @@ def build_filter(flt: SearchFilter) -> Any:
         )
     if flt.doc_ids is not None:
         must.append(_match_any("doc_id", flt.doc_ids))
+    if flt.principals is not None:
+        must.append(acl_condition(flt.principals))
     return qe.Filter(must=must)
+
+
+def acl_condition(principals: Sequence[str]) -> Any:
+    """Readable by one of `principals` (EVERYONE implied; NOBODY is no caller's), or no `acl`
+    (a point written before ACLs)."""
+    readable = sorted({EVERYONE, *principals} - {NOBODY})
+    return qe.Filter(should=[_match_any("acl", readable), qe.IsEmptyCondition("acl")])
 
 
 def _fsync_dir(path: Path) -> None:
@@ -831,7 +843,40 @@ class EdgeStore:
         flt = _doc_filter(tenant, doc_id, *extra)
         self._write(qe.UpdateOperation.delete_points_by_filter(flt))
 
+    def patch_document(self, tenant: str, doc_id: str, payload: Mapping[str, Any]) -> None:
+        flt = _doc_filter(tenant, doc_id)
+        self._write(qe.UpdateOperation.set_payload_by_filter(flt, dict(payload)))
+
     # -- reads -------------------------------------------------------------------------------
+
+    def chunk_vectors(self, tenant: str, doc_ids: Sequence[str]) -> dict[str, StoredVectors]:
+        if not doc_ids:
+            return {}
+        flt = qe.Filter(must=[_match("tenant", tenant), _match_any("doc_id", list(doc_ids))])
+        out: dict[str, StoredVectors] = {}
+        offset: Any = None
+        with self._reading() as shard:
+            while True:
+                records, offset = shard.scroll(
+                    qe.ScrollRequest(
+                        offset=offset,
+                        limit=SCROLL_PAGE,
+                        filter=flt,
+                        with_payload=qe.PayloadSelector.Include(["chunk_hash"]),
+                        with_vector=True,
+                    )
+                )
+                for rec in records:
+                    digest = (rec.payload or {}).get("chunk_hash")
+                    vec = rec.vector or {}
+                    if digest and DENSE_VECTOR in vec and SPARSE_VECTOR in vec:
+                        sp = vec[SPARSE_VECTOR]
+                        out[str(digest)] = (
+                            list(vec[DENSE_VECTOR]),
+                            SparseVector(list(sp.indices), list(sp.values)),
+                        )
+                if offset is None:
+                    return out
 
     def _scroll(self, flt: Any, fields: list[str] | None) -> Iterator[dict[str, Any]]:
         """Every matching payload, page by page (`fields=None` means the whole payload)."""
@@ -853,9 +898,12 @@ class EdgeStore:
                 if offset is None:
                     return
 
-    def document_status(self, tenant: str, doc_id: str) -> DocumentStatus | None:
+    def document_status(
+        self, tenant: str, doc_id: str, principals: Sequence[str] | None = None
+    ) -> DocumentStatus | None:
         fields = ["version", "indexed_at", "updated_at"]
-        payloads = list(self._scroll(_doc_filter(tenant, doc_id), fields))
+        extra = [] if principals is None else [acl_condition(principals)]
+        payloads = list(self._scroll(_doc_filter(tenant, doc_id, *extra), fields))
         return status_from_payloads(tenant, doc_id, payloads)
 
     def document_versions(self, tenant: str, doc_ids: Sequence[str]) -> dict[str, int]:

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 from freshrag.core.settings import Settings
 
 # Bump when chunking or BM25 encoding changes what the same settings produce.
-CHUNKER_VERSION = 1
+CHUNKER_VERSION = 2  # 2: content-defined cuts (an edit no longer shifts every later chunk)
 BM25_AVG_LEN = 256.0  # what `Bm25Encoder()` uses for documents
 GENERATION_MARK = "-g"
 SERVING_SUFFIX = "_serving"  # the server alias; `collection` itself may be a generation

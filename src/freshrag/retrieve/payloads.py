@@ -67,7 +67,15 @@ def versions_from_payloads(payloads: Iterable[dict[str, Any]]) -> dict[str, int]
     return out
 
 
-LAYOUT_FIELDS = ["tenant", "doc_id", "version", "offset", "chunk_index", "chunk_count"]
+LAYOUT_FIELDS = [
+    "tenant",
+    "doc_id",
+    "version",
+    "offset",
+    "chunk_index",
+    "chunk_count",
+    "content_hash",
+]
 
 
 def layouts_from_payloads(

@@ -20,6 +20,8 @@ from freshrag.retrieve.contract import (
     DEFAULT_COLLECTION,
     DENSE_DIM,
     DENSE_VECTOR,
+    EVERYONE,
+    NOBODY,
     PAYLOAD_INDEXES,
     SPARSE_VECTOR,
     ChunkLayout,
@@ -29,6 +31,7 @@ from freshrag.retrieve.contract import (
     SchemaMismatchError,
     SearchFilter,
     SparseVector,
+    StoredVectors,
 )
 from freshrag.retrieve.payloads import (
     LAYOUT_FIELDS,
@@ -106,7 +109,21 @@ def build_filter(flt: SearchFilter) -> models.Filter:
         )
     if flt.doc_ids is not None:
         must.append(_match_any("doc_id", flt.doc_ids))
+    if flt.principals is not None:
+        must.append(acl_condition(flt.principals))
     return models.Filter(must=must)
+
+
+def acl_condition(principals: Sequence[str]) -> models.Filter:
+    """Readable by one of `principals` (EVERYONE implied; NOBODY is no caller's), or no `acl`
+    (a point written before ACLs)."""
+    readable = sorted({EVERYONE, *principals} - {NOBODY})
+    return models.Filter(
+        should=[
+            _match_any("acl", readable),
+            models.IsEmptyCondition(is_empty=models.PayloadField(key="acl")),
+        ]
+    )
 
 
 @dataclass(frozen=True)
@@ -370,7 +387,47 @@ class QdrantServerStore:
             )
         self._delete(_doc_filter(tenant, doc_id, *extra))
 
+    def patch_document(self, tenant: str, doc_id: str, payload: Mapping[str, Any]) -> None:
+        self.client.set_payload(
+            self.collection,
+            payload=dict(payload),
+            points=models.FilterSelector(filter=_doc_filter(tenant, doc_id)),
+            wait=True,
+        )
+
     # -- reads -------------------------------------------------------------------------------
+
+    def chunk_vectors(self, tenant: str, doc_ids: Sequence[str]) -> dict[str, StoredVectors]:
+        if not doc_ids:
+            return {}
+        flt = models.Filter(must=[_match("tenant", tenant), _match_any("doc_id", list(doc_ids))])
+        out: dict[str, StoredVectors] = {}
+        offset: Any = None
+        while True:
+            records, offset = self.client.scroll(
+                self.collection,
+                scroll_filter=flt,
+                limit=SCROLL_PAGE,
+                offset=offset,
+                with_payload=["chunk_hash"],
+                with_vectors=True,
+            )
+            for rec in records:
+                digest = (rec.payload or {}).get("chunk_hash")
+                vec: Any = rec.vector or {}
+                if (
+                    digest
+                    and isinstance(vec, dict)
+                    and DENSE_VECTOR in vec
+                    and SPARSE_VECTOR in vec
+                ):
+                    sp = vec[SPARSE_VECTOR]
+                    out[str(digest)] = (
+                        list(vec[DENSE_VECTOR]),
+                        SparseVector(list(sp.indices), list(sp.values)),
+                    )
+            if offset is None:
+                return out
 
     def _scroll(
         self, flt: models.Filter | None, fields: list[str] | None
@@ -391,9 +448,12 @@ class QdrantServerStore:
             if offset is None:
                 return
 
-    def document_status(self, tenant: str, doc_id: str) -> DocumentStatus | None:
+    def document_status(
+        self, tenant: str, doc_id: str, principals: Sequence[str] | None = None
+    ) -> DocumentStatus | None:
         fields = ["version", "indexed_at", "updated_at"]
-        payloads = list(self._scroll(_doc_filter(tenant, doc_id), fields))
+        extra = [] if principals is None else [acl_condition(principals)]
+        payloads = list(self._scroll(_doc_filter(tenant, doc_id, *extra), fields))
         return status_from_payloads(tenant, doc_id, payloads)
 
     def document_versions(self, tenant: str, doc_ids: Sequence[str]) -> dict[str, int]:

@@ -26,7 +26,7 @@ from freshrag.core.settings import Settings
 from freshrag.core.sparse import Bm25Encoder
 from freshrag.ingest.flow import FlowParts, build_flow
 from freshrag.ingest.metrics import IngestMetrics
-from freshrag.ingest.runner import IngestConfigError, IngestOptions, open_index_writer
+from freshrag.ingest.runner import FlowThread, IngestConfigError, IngestOptions, open_index_writer
 from freshrag.retrieve.contract import ChunkPoint, SparseVector, Store
 from freshrag.retrieve.generations import IndexManifest, differences, generation_name, manifest_for
 from freshrag.retrieve.stores import open_catalog
@@ -217,8 +217,7 @@ def run_reindex(
 ) -> ReindexOutcome:
     """Build (or resume) the generation of `settings`, wait until it has caught up, gate it,
     switch readers to it; with `follow`, keep ingesting it until `stop` is set."""
-    from freshrag.ingest.kafka_io import ensure_topics
-    from freshrag.up import FlowThread
+    from freshrag.ingest.kafka_io import ensure_event_topics
 
     started = time.monotonic()
     stop = stop or threading.Event()
@@ -240,7 +239,7 @@ def run_reindex(
                 "process, and after the switch `freshrag up` must open it to serve it. Restart "
                 "`freshrag up` with the new settings to keep it current."
             )
-        ensure_topics(settings.kafka_bootstrap, [(settings.topic, opts.topic_partitions)])
+        ensure_event_topics(settings, opts.topic_partitions)
         probe = None if end_offsets is not None else _EndOffsets(settings)
         ends_of = end_offsets or probe.ends  # type: ignore[union-attr]
         try:
