@@ -59,8 +59,17 @@ from benchmarks import report
 from benchmarks.rss import ProcessWatcher, peak_rss_mb
 
 ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = ("embedding", "ingest", "freshness", "serving", "edge_online_optimize", "scaling", "qa")
-NEEDS_KAFKA = {"ingest", "freshness", "serving", "scaling", "qa"}
+SECTIONS = (
+    "embedding",
+    "ingest",
+    "freshness",
+    "serving",
+    "edge_online_optimize",
+    "scaling",
+    "qa",
+    "incremental",
+)
+NEEDS_KAFKA = {"ingest", "freshness", "serving", "scaling", "qa", "incremental"}
 
 
 # Sizes per preset: `quick` checks the harness in a couple of minutes (`make test`), `medium`
@@ -82,6 +91,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "edge_online_optimize": {"size": 2_000},
         "qa": {"size": 8, "questions": 16},
         "scaling": {"docs": 12, "serving_sizes": (1_000,), "queries": 10},
+        "incremental": {"edits": 3, "revocations": 5},
     },
     "medium": {
         "embedding": {"chunks": 128, "rounds": 2},
@@ -97,6 +107,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "edge_online_optimize": {"size": 10_000},
         "qa": {"size": 24, "questions": 48},
         "scaling": {"docs": 100, "repeats": 2, "serving_sizes": (20_000,), "queries": 60},
+        "incremental": {"edits": 10, "revocations": 20},
     },
     "full": {
         "embedding": {"chunks": 256},
@@ -106,6 +117,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "edge_online_optimize": {"size": 100_000},
         "qa": {"size": None, "questions": None},
         "scaling": {"docs": 400, "repeats": 2, "serving_sizes": (100_000,), "queries": 200},
+        "incremental": {"edits": 30, "revocations": 100},
     },
 }
 
@@ -170,6 +182,12 @@ def section_qa(ctx: Context) -> dict[str, Any]:
     return run(bootstrap=ctx.bootstrap, log=log, **ctx.sizes("qa"))
 
 
+def section_incremental(ctx: Context) -> dict[str, Any]:
+    from benchmarks.incremental import run
+
+    return run(bootstrap=ctx.bootstrap, **ctx.sizes("incremental"))
+
+
 RUNNERS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "embedding": section_embedding,
     "ingest": section_ingest,
@@ -178,6 +196,7 @@ RUNNERS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "edge_online_optimize": section_edge_online_optimize,
     "scaling": section_scaling,
     "qa": section_qa,
+    "incremental": section_incremental,
 }
 
 

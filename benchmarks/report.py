@@ -153,6 +153,10 @@ def headline(section: str, result: Result) -> dict[str, float]:
         from benchmarks.qa import headline as qa_headline
 
         out.update(qa_headline(result))
+    elif section == "incremental":
+        from benchmarks.incremental import headline as incremental_headline
+
+        out.update(incremental_headline(result))
     return {k: v for k, v in out.items() if v is not None}
 
 
@@ -452,6 +456,12 @@ def md_qa(result: Result) -> str:
     return markdown(result)
 
 
+def md_incremental(result: Result) -> str:
+    from benchmarks.incremental import markdown
+
+    return markdown(result)
+
+
 RENDERERS: dict[str, Callable[[Result], str]] = {
     "embedding": md_embedding,
     "ingest": md_ingest,
@@ -460,6 +470,7 @@ RENDERERS: dict[str, Callable[[Result], str]] = {
     "edge_online_optimize": md_edge_online_optimize,
     "scaling": md_scaling,
     "qa": md_qa,
+    "incremental": md_incremental,
 }
 
 TITLES = {
@@ -470,6 +481,7 @@ TITLES = {
     "edge_online_optimize": "Edge HNSW optimize without downtime: search before / during / after",
     "scaling": "Scale-out on a real Qdrant server: ingest processes × workers, search next to Edge",
     "qa": "Freshness QA: answers correct, current and grounded (POST /v1/chat)",
+    "incremental": "Changes cost only what changed: re-embedded chunks, patches, acl revocation",
 }
 
 

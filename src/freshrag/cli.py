@@ -18,6 +18,7 @@ from rich.table import Table
 from freshrag.core.settings import Settings, SettingsError, load_settings
 
 if TYPE_CHECKING:
+    from freshrag.ingest.drift import DriftReport
     from freshrag.retrieve.search import SearchResult
 
 app = typer.Typer(
@@ -158,6 +159,16 @@ def load(
     settings = _settings()
     try:
         src = detect(path)
+    except LoadError as exc:
+        raise fail(str(exc), 1) from None
+    from freshrag.ingest.kafka_io import ensure_event_topics
+
+    try:  # created compacted, as `ingest` would: the broker's auto-create would not be
+        ensure_event_topics(settings, 4)
+    except Exception as exc:
+        where = f"{settings.topic} at {settings.kafka_bootstrap}"
+        raise fail(f"cannot prepare topic {where}: {exc}", 1) from None
+    try:
         total = count_documents(src)
         if limit is not None:
             total = min(total, limit)
@@ -207,20 +218,23 @@ def up(
     topic_partitions: Annotated[int, typer.Option()] = 4,
 ) -> None:
     """The embedded default: ingest dataflow + API in one process over a Qdrant Edge shard."""
-    from freshrag.ingest.runner import IngestOptions
+    from freshrag.ingest.runner import IngestConfigError, IngestOptions
     from freshrag.up import run_up
 
     _logging()
     settings = _settings()
-    run_up(
-        settings,
-        IngestOptions(
-            workers=workers,
-            recovery_dir=recovery_dir,
-            snapshot_interval=timedelta(seconds=snapshot_interval),
-            topic_partitions=topic_partitions,
-        ),
-    )
+    try:
+        run_up(
+            settings,
+            IngestOptions(
+                workers=workers,
+                recovery_dir=recovery_dir,
+                snapshot_interval=timedelta(seconds=snapshot_interval),
+                topic_partitions=topic_partitions,
+            ),
+        )
+    except IngestConfigError as exc:
+        raise fail(str(exc)) from None
 
 
 @app.command()
@@ -243,7 +257,7 @@ def search(
     from freshrag.core.sparse import Bm25Encoder
     from freshrag.retrieve.contract import SearchFilter
     from freshrag.retrieve.search import HybridSearcher, SearchRequest
-    from freshrag.retrieve.stores import open_settings_store
+    from freshrag.retrieve.stores import open_serving_store, serving_settings
 
     settings = _settings()
     metadata: dict[str, str] = {}
@@ -259,11 +273,15 @@ def search(
     if mode not in ("hybrid", "dense", "bm25"):
         raise fail("--mode must be hybrid, dense or bm25")
     try:
-        store = open_settings_store(settings)
+        store = open_serving_store(settings)
     except Exception as exc:
         raise fail(f"cannot open the index: {exc}") from None
     try:
-        searcher = HybridSearcher(store, Embedder.from_settings(settings), Bm25Encoder())
+        try:  # queries use the model the serving generation was built with
+            embedder = Embedder.from_settings(serving_settings(settings))
+        except Exception as exc:
+            raise fail(f"cannot load the embedding model: {exc}", 1) from None
+        searcher = HybridSearcher(store, embedder, Bm25Encoder())
         flt = SearchFilter(tenant=tenant, metadata_equals=metadata, doc_ids=doc_ids or None)
         result = searcher.search(
             SearchRequest(query=query, filter=flt, top_k=top_k, fresh=fresh, mode=mode)  # type: ignore[arg-type]
@@ -451,6 +469,283 @@ def optimize(
         raise fail(f"cannot optimize {settings.index_path}: {exc}", 1) from None
     finally:
         store.close()
+
+
+@app.command()
+def verify(
+    tenant: Annotated[str | None, typer.Option(help="check this tenant only")] = None,
+    repair: Annotated[
+        bool,
+        typer.Option(
+            "--repair",
+            help="replay the drifted documents into the topic; the running ingest re-applies "
+            "them (verify again once it has caught up)",
+        ),
+    ] = False,
+    examples: Annotated[int, typer.Option(min=0, help="examples shown per category")] = 5,
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+) -> None:
+    """Compare the index with the topic: documents missing, stale, or deleted at the source.
+    Exit code 0: clean, 1: drift found, 2: error. Reads the whole topic and every point."""
+    from freshrag.ingest.drift import Drift
+    from freshrag.ingest.events import EventLimits
+    from freshrag.ingest.verify import Replayed, VerifyError, repair_drift, verify_settings
+    from freshrag.retrieve.stores import open_serving_store
+
+    settings = _settings()
+    try:
+        store = open_serving_store(settings)
+    except Exception as exc:
+        raise fail(f"cannot open the index: {exc}") from None
+    try:
+        with _progress() as progress:
+            tasks: dict[str, object] = {}
+
+            def report_progress(stage: str, done: int, total: int) -> None:
+                if stage not in tasks:
+                    tasks[stage] = progress.add_task(stage, total=total)
+                progress.update(tasks[stage], completed=done, total=total)  # type: ignore[arg-type]
+
+            result = verify_settings(settings, store, tenant=tenant, progress=report_progress)
+    except VerifyError as exc:
+        raise fail(str(exc)) from None
+    except Exception as exc:
+        raise fail(f"verify failed: {type(exc).__name__}: {exc}") from None
+    finally:
+        store.close()
+    report = result.report
+    replayed: list[Replayed] = []
+    skipped: list[Drift] = []
+    if repair and report.drift:
+        try:
+            replayed, skipped = repair_drift(
+                settings.kafka_bootstrap,
+                settings.topic,
+                report.drift,
+                result.read_to,
+                limits=EventLimits(max_document_bytes=settings.max_document_bytes),
+            )
+        except Exception as exc:
+            raise fail(f"repair failed: {type(exc).__name__}: {exc}") from None
+    if as_json:
+        out = report.as_dict(examples)
+        out["topic"] = settings.topic
+        out["duration_s"] = round(result.duration_s, 3)
+        if repair:
+            out["replayed"] = [
+                {
+                    "category": r.drift.category,
+                    "tenant": r.drift.tenant,
+                    "doc_id": r.drift.doc_id,
+                    "events": [e["op"] for e in r.events],
+                }
+                for r in replayed
+            ]
+            out["skipped"] = [d.as_dict() for d in skipped]
+        print(json.dumps(out, indent=2, default=str))
+    else:
+        Console().print(_verify_table(report, settings.topic, examples))
+        for item in replayed:
+            ops = " + ".join(str(e["op"]) for e in item.events)
+            d = item.drift
+            console.print(f"replayed {d.category} {d.tenant}/{d.doc_id}: {ops}")
+        for d in skipped:
+            console.print(f"left {d.category} {d.tenant}/{d.doc_id}: changed since it was read")
+        if replayed:
+            console.print(
+                f"replayed {len(replayed)} documents into {settings.topic}: the running ingest "
+                "applies them; run verify again once it has caught up"
+            )
+        elif report.clean:
+            console.print(f"clean: the index matches {settings.topic} ({result.duration_s:.1f} s)")
+    if not report.clean:
+        raise typer.Exit(1)
+
+
+def _verify_table(report: DriftReport, topic: str, examples: int) -> Table:
+    from rich.markup import escape
+
+    from freshrag.ingest.drift import CATEGORIES
+
+    table = Table(
+        title=(
+            f"verify: {report.records} records of {topic} ({report.bad_records} bad, skipped), "
+            f"{report.source_documents} live documents, {report.index_documents} in the index"
+        )
+    )
+    table.add_column("category")
+    table.add_column("count", justify="right")
+    table.add_column("examples", overflow="fold")
+    counts = report.counts()
+    for category in CATEGORIES:
+        shown = [f"{d.tenant}/{d.doc_id}: {d.reason}" for d in report.examples(category, examples)]
+        table.add_row(category, str(counts[category]), escape("\n".join(shown)))
+    flight = [f"{f.tenant}/{f.doc_id}: {f.reason}" for f in report.in_flight[:examples]]
+    table.add_row("in flight (not drift)", str(len(report.in_flight)), escape("\n".join(flight)))
+    if not report.watermarks_known:
+        table.caption = "no indexed watermarks published: nothing counted as in flight"
+    return table
+
+
+@app.command("embed-server")
+def embed_server(
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on")] = 8090,
+    model_name: Annotated[
+        str | None,
+        typer.Option(help="name clients send as `model` (default: all-MiniLM-L6-v2, or the dir)"),
+    ] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(envvar="FRESHRAG_EMBED_SERVER_API_KEY", help="Bearer key clients must send"),
+    ] = None,
+) -> None:
+    """Serve the local embedding model over an OpenAI-compatible POST /v1/embeddings, so several
+    processes share one model (they set FRESHRAG_EMBED_BACKEND=openai and
+    FRESHRAG_EMBED_OPENAI_BASE_URL=http://HOST:PORT/v1). Model and runtime: FRESHRAG_EMBED_*."""
+    import uvicorn
+
+    from freshrag.api.embed_server import BUNDLED_MODEL_NAME, create_embed_app
+    from freshrag.core.embedder import Embedder, EmbedderError
+
+    settings = _settings()
+    if settings.embed_backend == "openai":
+        raise fail(
+            "embed-server serves a local model: set FRESHRAG_EMBED_BACKEND to torch, onnx, "
+            "onnx-int8, openvino or openvino-int8"
+        )
+    _logging()
+    try:
+        embedder = Embedder.from_settings(settings)
+    except EmbedderError as exc:
+        raise fail(str(exc)) from None
+    path = settings.embedder_model_path
+    name = model_name or (path.name if path else BUNDLED_MODEL_NAME)
+    identity = str(embedder.describe()["model"])
+    app_ = create_embed_app(embedder, model_name=name, api_key=api_key, identity=identity)
+    console.print(f"serving {name} ({identity}, {embedder.dim}-d) on http://{host}:{port}/v1")
+    uvicorn.run(app_, host=host, port=port, log_level="warning")
+
+
+@app.command()
+def reindex(
+    golden: Annotated[
+        Path | None,
+        typer.Option(help="BEIR-format folder: switch only if the new settings score no lower"),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="switch even if the gate fails")] = False,
+    no_switch: Annotated[
+        bool, typer.Option("--no-switch", help="build and catch up, but leave readers as they are")
+    ] = False,
+    follow: Annotated[
+        bool,
+        typer.Option("--follow", help="after the switch, keep ingesting the new generation"),
+    ] = False,
+    max_lag: Annotated[int, typer.Option(min=0, help="records behind that count as caught up")] = 0,
+    timeout: Annotated[
+        float | None, typer.Option(help="give up (resumable) if not caught up after this many s")
+    ] = None,
+    workers: Annotated[int, typer.Option("-w", "--workers-per-process")] = 1,
+    recovery_dir: Annotated[
+        Path, typer.Option("-r", "--recovery-directory", help="base recovery directory")
+    ] = Path(".run/recovery"),
+    topic_partitions: Annotated[int, typer.Option()] = 4,
+) -> None:
+    """Build a new index generation with the current settings (model, chunking) from the
+    compacted topic while the current one serves, then switch readers to it atomically.
+    Resumable: run it again after a crash. Roll back with `freshrag index switch`."""
+    import signal
+    import threading
+
+    from freshrag.ingest.runner import IngestOptions
+    from freshrag.reindex import ReindexError, run_reindex
+
+    _logging()
+    settings = _settings()
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda _s, _f: stop.set())
+    opts = IngestOptions(
+        workers=workers, recovery_dir=recovery_dir, topic_partitions=topic_partitions
+    )
+    try:
+        with _progress() as progress:
+            task = progress.add_task("re-indexing (records of the topic indexed)", total=None)
+
+            def advance(done: int, total: int) -> None:
+                progress.update(task, completed=done, total=max(total, 1))
+
+            outcome = run_reindex(
+                settings,
+                opts,
+                golden=golden,
+                force=force,
+                follow=follow,
+                switch=not no_switch,
+                max_lag=max_lag,
+                timeout_s=timeout,
+                stop=stop,
+                progress=advance,
+            )
+    except ReindexError as exc:
+        raise fail(str(exc), exc.exit_code) from None
+    for key, value in outcome.quality.items():
+        console.print(f"quality gate: {key} = {value:.4f}")
+    action = "serving" if outcome.switched else "built (not switched)"
+    console.print(
+        f"{action}: {outcome.generation} ({outcome.points} points, {outcome.seconds:.1f} s); "
+        f"previous: {outcome.previous} (roll back: freshrag index switch {outcome.previous})"
+    )
+    console.print(f"source: {outcome.source} ({outcome.note})")
+
+
+index_app = typer.Typer(help="Index generations: list them, switch readers between them.")
+app.add_typer(index_app, name="index")
+
+
+@index_app.command("list")
+def index_list() -> None:
+    """Every generation of the index, the settings that built it, and which one serves."""
+    from freshrag.retrieve.stores import open_catalog
+
+    settings = _settings()
+    catalog = open_catalog(settings)
+    try:
+        serving = catalog.serving()
+        table = Table("", "generation", "model", "dim", "chunk tokens/overlap", "created")
+        for name in catalog.generations():
+            m = catalog.read_manifest(name)
+            b = m.build if m is not None else {}
+            table.add_row(
+                "*" if name == serving else "",
+                name,
+                str(b.get("model", "?")),
+                str(b.get("dimension", "?")),
+                f"{b.get('chunk_tokens', '?')}/{b.get('chunk_overlap', '?')}",
+                (m.created_at[:19] if m is not None else "(no manifest)"),
+            )
+    finally:
+        catalog.close()
+    console.print(table)
+
+
+@index_app.command("switch")
+def index_switch(
+    generation: Annotated[str, typer.Argument(help="the generation readers should use")],
+) -> None:
+    """Point readers at another generation, atomically (a roll-back is a switch back)."""
+    from freshrag.retrieve.stores import open_catalog
+
+    settings = _settings()
+    catalog = open_catalog(settings)
+    try:
+        previous = catalog.serving()
+        catalog.switch(generation)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    finally:
+        catalog.close()
+    console.print(f"serving {generation} (was {previous})")
 
 
 @app.command("settings")

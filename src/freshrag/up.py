@@ -97,6 +97,7 @@ def run_up(settings: Settings, opts: IngestOptions) -> None:
         follow=True,
     )
     services.flow_alive = flow.alive
+    services.searchable = metrics.searchable  # produce → searchable latency (/v1/freshness)
     if services.serving is not None:
 
         def switched(name: str) -> None:

@@ -690,3 +690,37 @@ class IngestCli:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             raise AssertionError(f"ingest did not stop within {timeout} s of SIGTERM") from None
+
+
+def verify_cli(
+    bootstrap: str,
+    topic: str,
+    index: Path,
+    *args: str,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 300,
+) -> tuple[int, dict[str, Any]]:
+    """`freshrag verify --json [args]` as a real process on the Edge index at `index` (or the
+    Qdrant server `env` names): its exit code and its JSON report."""
+    from tests.conftest import ROOT
+
+    full_env = {
+        **os.environ,
+        "FRESHRAG_KAFKA_BOOTSTRAP": bootstrap,
+        "FRESHRAG_TOPIC": topic,
+        "FRESHRAG_DLQ_TOPIC": f"{topic}.dlq",
+        "FRESHRAG_INDEX_PATH": str(index),
+    }
+    for name in ("FRESHRAG_QDRANT_URL", "QDRANT_URL", "FRESHRAG_QDRANT_API_KEY"):
+        full_env.pop(name, None)
+    full_env.update(env or {})
+    proc = subprocess.run(
+        [sys.executable, "-m", "freshrag.cli", "verify", "--json", "--examples", "1000", *args],
+        cwd=ROOT,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode in (0, 1), f"verify failed ({proc.returncode}):\n{proc.stderr[-3000:]}"
+    return proc.returncode, json.loads(proc.stdout)

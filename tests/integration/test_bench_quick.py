@@ -75,6 +75,10 @@ def test_quick_bench_writes_every_section(kafka_bootstrap: str, tmp_path: Path) 
     def figures(name: str) -> dict[str, float]:
         return dict(results["sections"][name]["headline"])
 
+    incremental = figures("incremental")
+    assert incremental["edit chunks re-embedded (mean)"] <= 3  # of a 40-chunk manual
+    assert {"acl revocation p50 ms", "acl revocation p99 ms"} <= set(incremental)
+
     assert any(k.startswith("torch") for k in figures("embedding"))
     assert {"1 worker(s) chunks/s", "2 worker(s) chunks/s", "2 workers × 1"} <= set(
         figures("ingest")

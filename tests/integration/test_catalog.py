@@ -72,6 +72,7 @@ def test_generations_manifests_and_the_serving_pointer(backend: tuple[str, Catal
     new = manifest_for(load_settings(chunk_tokens=64, chunk_overlap=8), 8)
     new_name = generation_name(c, new)
     assert catalog.serving() == c and catalog.generations() == []
+    assert catalog.read_manifest(c) is None  # a first start: no collection, no manifest
 
     first = open_gen(c)
     first.ensure_collection()

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from freshrag.ingest.drift import compare, indexed_from_payloads, winning_events
 from freshrag.ingest.events import ChangeEvent, Delete, RawRecord, RecordOrigin, Upsert
 from freshrag.ingest.index_writer import IndexWriter, StoreUnavailableError, is_transient
 from freshrag.ingest.indexing import ChunkingConfig, DocumentIndexer, WriteUpsert
@@ -156,6 +157,15 @@ def exact(store: Store) -> dict[tuple[str, str], tuple[int, int]]:
     return state
 
 
+def assert_verify_clean(store: Store, all_batches: list[list[ChangeEvent]]) -> None:
+    """`freshrag verify`'s comparison: the index against the log's winning events."""
+    log = [event for batch in all_batches for event in batch]
+    report = compare(
+        winning_events(log), indexed_from_payloads(store.scroll_payloads()), topic="documents"
+    )
+    assert report.clean, [d.as_dict() for d in report.drift]
+
+
 def total_write_calls(tmp_path: Path) -> int:
     store = FaultyStore(EdgeStore(tmp_path / "count"))
     run_batches(store, batches(), {})  # type: ignore[arg-type]
@@ -187,6 +197,7 @@ def test_a_crash_at_every_write_call_then_replay_leaves_the_index_exact(
         else:
             run_batches(real, all_batches, {})
         assert exact(real) == want, f"crash at write call {k} of {calls} ({resume})"
+        assert_verify_clean(real, all_batches)
         real.close()
 
 

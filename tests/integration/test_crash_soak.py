@@ -28,6 +28,7 @@ from tests.integration.harness import (
     mixed_events,
     produce,
     read_log,
+    verify_cli,
     wait_for,
 )
 
@@ -136,6 +137,10 @@ def test_kill9_at_random_moments_leaves_the_index_exact(
             f"duration_s={time.monotonic() - started:.0f}"
         )
     assert report.exact, f"seed {seed}: {report.figures()}\n" + "\n".join(report.problems)
+    # `freshrag verify` agrees: nothing missing, stale or left over, nothing still in flight
+    code, verified = verify_cli(kafka_bootstrap, topic, work / "index")
+    assert code == 0 and verified["clean"], f"seed {seed}: {verified}"
+    assert verified["counts"]["in_flight"] == 0 and verified["records"] == len(log), verified
     assert background > 0, "no record took the background embed lane: the soak missed it"
     # every bad record reached the DLQ (at least once), and no good one did
     assert set(dlq) == dead, f"seed {seed}: not dead-lettered {sorted(dead - set(dlq))[:10]}, " + (

@@ -125,6 +125,14 @@ def test_edits_reembed_only_what_changed(settings: Settings, store: Store, embed
         )
         assert hits and hits[0].doc_id == "m"
 
+        send(settings, doc_id="m", tenant="t", version=4, title="Pump manual", text=edited,
+             metadata={"team": "ops"}, url="https://docs.example/m",
+             acl={"users": ["alice"]})  # fmt: skip
+        wait_for(lambda: store.document_versions("t", ["m"]) == {"m": 4}, what="v4 patched")
+        assert embedded(flow) == before
+        assert flow.counter("freshrag_ingest_payload_patches_total") == 2
+        assert all(p["acl"] == ["user:alice"] for p in points(store).values())
+
 
 def test_an_interrupted_patch_converges_on_replay(
     settings: Settings, store: Store, embedder: Any

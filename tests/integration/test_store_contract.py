@@ -689,3 +689,153 @@ def test_watermarks_round_trip_on_every_backend(
     if backend == "qdrant_server":
         store.client.delete_collection(f"{store.collection}_watermarks")
     drop(store)
+
+
+# -- document ACLs (issue 16) ------------------------------------------------------------------
+
+ACL_DOCS: dict[str, tuple[str, ...] | None] = {
+    "pub": None,  # stored as ["*"]: the whole tenant
+    "eng": ("group:eng",),
+    "alice": ("user:alice",),
+    "both": ("group:eng", "user:bob"),
+    "closed": (),  # an acl naming no one: stored as ["nobody"], never as [] (is_empty)
+}
+ACL_TERM = {"pub": 201, "eng": 202, "alice": 203, "both": 204, "closed": 205, "legacy": 206}
+
+
+class LegacyPoint(ChunkPoint):
+    """A point written before ACLs existed: its payload has no `acl` field."""
+
+    def payload(self) -> dict[str, Any]:
+        out = super().payload()
+        del out["acl"]
+        return out
+
+
+def acl_point(
+    tenant: str, doc_id: str, acl: tuple[str, ...] | None, *, legacy: bool = False
+) -> ChunkPoint:
+    kind = LegacyPoint if legacy else ChunkPoint
+    return kind(
+        tenant=tenant,
+        doc_id=doc_id,
+        version=1,
+        chunk_index=0,
+        chunk_count=1,
+        text=f"{doc_id} text",
+        title=doc_id,
+        url=None,
+        source="test",
+        updated_at=D1_UPDATED,
+        indexed_at=INDEXED_AT,
+        metadata={"lang": "en" if doc_id in ("pub", "eng", "legacy") else "de"},
+        dense=unit_vector(f"acl/{doc_id}"),
+        sparse=SparseVector([COMMON, ACL_TERM[doc_id]], [1.0, 0.5]),
+        acl=acl,
+    )
+
+
+def acl_corpus() -> list[ChunkPoint]:
+    points = [acl_point("acme", d, acl) for d, acl in ACL_DOCS.items()]
+    points.append(acl_point("acme", "legacy", None, legacy=True))
+    # globex's eng document: a principal never reaches across tenants
+    points.append(acl_point("globex", "eng", ("group:eng",)))
+    return points
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def acl_store(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Store]:
+    s = make_backend(request.param, request, tmp_path_factory.mktemp("acl"))
+    s.ensure_collection()
+    s.upsert_chunks(acl_corpus())
+    yield s
+    drop(s)
+
+
+TENANT_WIDE = {"pub", "legacy"}
+ACL_CASES: list[tuple[str, dict[str, Any], set[str]]] = [
+    ("unrestricted", {"principals": None}, {*ACL_DOCS, "legacy"}),
+    ("no_principals_is_everyone", {"principals": []}, TENANT_WIDE),
+    ("everyone", {"principals": ["*"]}, TENANT_WIDE),
+    ("group", {"principals": ["*", "group:eng"]}, TENANT_WIDE | {"eng", "both"}),
+    ("user", {"principals": ["*", "user:alice"]}, TENANT_WIDE | {"alice"}),
+    ("user_in_list", {"principals": ["user:bob"]}, TENANT_WIDE | {"both"}),
+    ("case_sensitive", {"principals": ["group:ENG", "User:alice"]}, TENANT_WIDE),
+    ("kind_matters", {"principals": ["user:eng", "group:alice"]}, TENANT_WIDE),
+    ("nobody_is_no_callers", {"principals": ["nobody", "*"]}, TENANT_WIDE),
+    (
+        "many",
+        {"principals": ["user:alice", "user:bob", "group:eng", "group:x"]},
+        TENANT_WIDE | {"eng", "alice", "both"},
+    ),
+    (
+        "with_metadata",
+        {"principals": ["group:eng", "user:alice"], "metadata_equals": {"lang": "de"}},
+        {"alice", "both"},
+    ),
+    (
+        "with_doc_ids",
+        {"principals": ["user:alice"], "doc_ids": ["eng", "alice", "legacy", "closed"]},
+        {"alice", "legacy"},
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "kwargs", "expected"), ACL_CASES, ids=[c[0] for c in ACL_CASES])
+def test_acl_filter_dense_and_sparse(
+    acl_store: Store, name: str, kwargs: dict[str, Any], expected: set[str]
+) -> None:
+    flt = SearchFilter(tenant="acme", **kwargs)
+    dense_hits = acl_store.query_dense(unit_vector("probe"), flt, limit=50)
+    assert doc_ids(dense_hits) == expected, name
+    sparse_hits = acl_store.query_sparse(SparseVector([COMMON], [1.0]), flt, limit=50)
+    assert doc_ids(sparse_hits) == expected, name
+    assert {h.payload["tenant"] for h in dense_hits + sparse_hits} <= {"acme"}
+    # the exact vector of a forbidden document still does not find it
+    for doc_id in {*ACL_DOCS, "legacy"} - expected:
+        probe = acl_store.query_dense(unit_vector(f"acl/{doc_id}"), flt, limit=1)
+        assert doc_id not in doc_ids(probe)
+        term = SparseVector([ACL_TERM[doc_id]], [1.0])
+        assert acl_store.query_sparse(term, flt, limit=5) == []
+
+
+def test_acl_payload_and_legacy_points(acl_store: Store) -> None:
+    stored = {p["doc_id"]: p.get("acl") for p in acl_store.scroll_payloads("acme")}
+    assert stored == {
+        "pub": ["*"],
+        "eng": ["group:eng"],
+        "alice": ["user:alice"],
+        "both": ["group:eng", "user:bob"],
+        "closed": ["nobody"],
+        "legacy": None,  # no field at all: readable by the whole tenant (IsEmpty)
+    }
+    globex = acl_store.query_dense(
+        unit_vector("acl/eng"), SearchFilter("globex", principals=["group:eng"]), limit=5
+    )
+    assert [h.payload["tenant"] for h in globex] == ["globex"]
+
+
+def test_document_status_honours_principals(acl_store: Store) -> None:
+    def status(doc_id: str, principals: list[str] | None) -> bool:
+        return acl_store.document_status("acme", doc_id, principals=principals) is not None
+
+    assert status("eng", None) and status("eng", ["group:eng"])
+    assert not status("eng", ["*"]) and not status("eng", ["user:alice"])
+    assert status("legacy", []) and status("pub", ["*"])
+    assert not status("closed", ["*", "group:eng", "user:alice", "user:bob"])
+    assert not status("eng", ["nobody"])
+    assert acl_store.document_status("globex", "alice", principals=["user:alice"]) is None
+
+
+def test_revoking_a_principal_hides_the_document_at_once(store: Store) -> None:
+    store.upsert_chunks([acl_point("acme", "both", ("group:eng", "user:bob"))])
+    bob = SearchFilter("acme", principals=["*", "user:bob"])
+    assert doc_ids(store.query_dense(unit_vector("acl/both"), bob, limit=5)) == {"both"}
+    store.upsert_chunks([acl_point("acme", "both", ("group:eng",))])  # bob removed
+    assert store.query_dense(unit_vector("acl/both"), bob, limit=5) == []
+    assert store.query_sparse(SparseVector([ACL_TERM["both"]], [1.0]), bob, limit=5) == []
+    assert store.document_status("acme", "both", principals=bob.principals) is None
+    eng = SearchFilter("acme", principals=["group:eng"])
+    assert doc_ids(store.query_dense(unit_vector("acl/both"), eng, limit=5)) == {"both"}

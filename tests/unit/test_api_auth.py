@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from types import SimpleNamespace
 from typing import Any
 
@@ -20,9 +21,13 @@ from freshrag.retrieve.contract import DocumentStatus
 class FakeStore:
     def __init__(self) -> None:
         self.asked: list[tuple[str, str]] = []
+        self.principals: list[Sequence[str] | None] = []
 
-    def document_status(self, tenant: str, doc_id: str) -> DocumentStatus | None:
+    def document_status(
+        self, tenant: str, doc_id: str, principals: Sequence[str] | None = None
+    ) -> DocumentStatus | None:
         self.asked.append((tenant, doc_id))
+        self.principals.append(principals)
         if doc_id == "known":
             return DocumentStatus(
                 tenant, doc_id, 3, 2, "2026-11-28T00:00:00+00:00", "2026-11-27T00:00:00+00:00"

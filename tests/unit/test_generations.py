@@ -12,8 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from freshrag.core.settings import load_settings
-from freshrag.reindex import lag, payload_source_reason
 from freshrag.ingest.runner import IngestOptions, recovery_for
+from freshrag.reindex import lag, payload_source_reason
 from freshrag.retrieve.generations import (
     BUILD_KEYS,
     IndexManifest,

@@ -16,9 +16,11 @@ from freshrag.retrieve.search import SearchHit, SearchRequest
 
 
 def search_filter(caller: Caller, filters: Filters) -> SearchFilter:
-    """The tenant comes from the caller's key, never from the request body."""
+    """The tenant and the principals come from the caller's key (and trusted header), never
+    from the request body; the store applies both inside its query."""
     return SearchFilter(
         tenant=caller.tenant,
+        principals=caller.principals,
         metadata_equals=dict(filters.metadata),
         metadata_any={k: list(v) for k, v in filters.metadata_any.items()},
         updated_after=filters.updated_after,

@@ -12,8 +12,20 @@ from pydantic import (
     Field,
     StringConstraints,
     field_validator,
+    model_validator,
 )
 
+from freshrag.core.principals import (
+    MAX_ACL_PRINCIPALS,
+    MAX_PRINCIPAL_ID_CHARS,
+    PrincipalError,
+    check_id,
+)
+from freshrag.ingest.formats import (
+    MAX_CONTENT_TYPE_CHARS,
+    SUPPORTED_CONTENT_TYPES,
+    normalize_content_type,
+)
 from freshrag.ingest.validation import (
     MAX_METADATA_KEY_CHARS,
     MAX_VERSION,
@@ -226,6 +238,36 @@ class OpenAIChatBody(BaseModel):
     user: str | None = None
 
 
+def _principal_id(value: str) -> str:
+    try:
+        return check_id(value, "a principal id")
+    except PrincipalError as exc:
+        raise ValueError(str(exc)) from None
+
+
+PrincipalId = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=MAX_PRINCIPAL_ID_CHARS),
+    AfterValidator(_principal_id),
+]
+
+
+class AclBody(BaseModel):
+    """Who may read the document (exact, case-sensitive ids). Without `acl` the whole tenant
+    may; with both lists empty nobody may (only a later upsert with another `acl` opens it)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    users: list[PrincipalId] = Field(default_factory=list, max_length=MAX_ACL_PRINCIPALS)
+    groups: list[PrincipalId] = Field(default_factory=list, max_length=MAX_ACL_PRINCIPALS)
+
+    @model_validator(mode="after")
+    def _bounded(self) -> AclBody:
+        if len(self.users) + len(self.groups) > MAX_ACL_PRINCIPALS:
+            raise ValueError(f"acl names over {MAX_ACL_PRINCIPALS} users and groups")
+        return self
+
+
 class DocumentBody(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -237,6 +279,19 @@ class DocumentBody(BaseModel):
     metadata: dict[str, MetaValue | list[MetaValue]] = Field(default_factory=dict, max_length=50)
     version: int | None = Field(None, ge=0, le=MAX_VERSION)
     updated_at: datetime | None = Field(None, strict=False)  # ISO 8601 strings
+    content_type: str | None = Field(
+        None,
+        max_length=MAX_CONTENT_TYPE_CHARS,
+        description=f"how to read `text`: one of {', '.join(SUPPORTED_CONTENT_TYPES)} "
+        "(case-insensitive, parameters such as '; charset=utf-8' ignored); default "
+        "text/markdown. HTML is indexed as markdown-like text without scripts, styles, "
+        "navigation, forms or hidden elements",
+    )
+    acl: AclBody | None = Field(
+        None,
+        description="users and groups allowed to read the document (API keys carry the "
+        "caller's principals); absent or null: the whole tenant",
+    )
 
     # The flow's own parse-time checks (freshrag.ingest.validation), so the API answers 422 for
     # what the flow would otherwise dead-letter: NaN/huge numbers, bad keys, lone surrogates.
@@ -249,6 +304,13 @@ class DocumentBody(BaseModel):
     @classmethod
     def _valid_unicode(cls, value: str | None) -> str | None:
         return None if value is None else check_unicode(value, "the text")
+
+    @field_validator("content_type")
+    @classmethod
+    def _supported_content_type(cls, value: str | None) -> str | None:
+        if value is not None:
+            normalize_content_type(value)  # UnsupportedContentType (a ValueError): 422
+        return value
 
 
 class WriteOut(BaseModel):

@@ -76,6 +76,9 @@ class Services:
     flow_alive: Callable[[], bool] | None = None  # set by `freshrag up`
     owned: list[Any] = field(default_factory=list)
     serving: ServingIndex | None = None  # follows `freshrag reindex` switches
+    # ingest.searchable.LatencyWindow when the flow runs in this process (GET /v1/freshness);
+    # None: read what a separate ingest process publishes through the store
+    searchable: Any = None
 
     def current(self) -> Generation:
         """The generation this request reads: take it once, and use only it."""

@@ -8,9 +8,11 @@ from typing import Annotated, Any, Literal
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from freshrag.core.principals import PrincipalError, grant_spec, parse_grant
 from freshrag.core.tenants import TENANT_RULE, is_valid_tenant
 
 ENV_PREFIX = "FRESHRAG_"
+EmbedBackend = Literal["torch", "onnx", "onnx-int8", "openvino", "openvino-int8", "openai"]
 
 
 class SettingsError(ValueError):
@@ -126,10 +128,46 @@ class Settings(BaseSettings):
         "background lane, so small updates do not wait behind them",
     )
     embed_device: str = Field("cpu")
-    embed_backend: Literal["torch", "onnx", "onnx-int8", "openvino", "openvino-int8"] = Field(
+    embed_backend: EmbedBackend = Field(
         "onnx",
         description="model runtime: torch (fp32 reference), onnx / openvino (fp32 exports), "
-        "onnx-int8 / openvino-int8 (int8); exports are built offline at first use and cached",
+        "onnx-int8 / openvino-int8 (int8); exports are built offline at first use and "
+        "cached; openai: an OpenAI-compatible /v1/embeddings endpoint (FRESHRAG_EMBED_OPENAI_*)",
+    )
+    embed_openai_base_url: str | None = Field(
+        None,
+        min_length=1,
+        description="FRESHRAG_EMBED_BACKEND=openai: base URL of the endpoint, e.g. "
+        "https://api.openai.com/v1 or http://127.0.0.1:8090/v1 (TEI, vLLM, Ollama, "
+        "freshrag embed-server)",
+    )
+    embed_openai_api_key: SecretStr = Field(
+        SecretStr(""), description="its API key (Bearer); never logged"
+    )
+    embed_openai_model: str | None = Field(
+        None, min_length=1, description="model name sent with every embeddings request"
+    )
+    embed_openai_dimensions: int | None = Field(
+        None,
+        ge=1,
+        le=65_536,
+        description="optional `dimensions` request parameter (models that can shorten their "
+        "vectors, e.g. text-embedding-3-*); the answers must have it",
+    )
+    embed_openai_batch_size: int = Field(
+        64, ge=1, le=2048, description="texts per embeddings request at most"
+    )
+    embed_openai_timeout_s: float = Field(
+        30.0, gt=0, le=600, description="one request: connect, and each read of the answer"
+    )
+    embed_openai_max_retries: int = Field(
+        4, ge=0, le=20, description="retries of a request on connection errors, timeouts, 429, 5xx"
+    )
+    embed_openai_deadline_s: float = Field(
+        120.0,
+        gt=0,
+        le=3600,
+        description="bound on one embedding call, every request and retry included",
     )
     embed_threads: int = Field(
         0, ge=0, le=256, description="intra-op threads of the embedding model; 0: all usable CPUs"
@@ -160,6 +198,26 @@ class Settings(BaseSettings):
         ge=0,
         description="how long the version gate remembers a deleted document (bounds its state)",
     )
+    # The compacted documents topic (see README "The topic is the source of truth")
+    topic_delete_retention_ms: int = Field(
+        86_400_000,
+        ge=0,
+        le=365 * 86_400_000,
+        description="delete.retention.ms of the documents topic freshrag creates: how long a "
+        "tombstone stays after compaction; a consumer behind by more can miss a delete",
+    )
+    topic_min_compaction_lag_ms: int = Field(
+        3_600_000,
+        ge=0,
+        le=30 * 86_400_000,
+        description="min.compaction.lag.ms of the documents topic freshrag creates: every event "
+        "stays readable at least this long before compaction may drop an older version",
+    )
+    topic_compact_existing: bool = Field(
+        False,
+        description="an existing documents topic that is not compacted is converted "
+        "(cleanup.policy=compact) at start-up; false: a warning names the command",
+    )
 
     # LLM (OpenAI-compatible)
     openai_base_url: str = Field(
@@ -179,7 +237,15 @@ class Settings(BaseSettings):
     api_port: int = Field(8000, ge=1, le=65535)
     api_keys: Annotated[dict[str, str], NoDecode] = Field(
         default_factory=dict,
-        description="API key -> tenant, as 'key1=tenant1,key2=tenant2' or a JSON object",
+        description="API key -> grant, as 'key1=tenant1,key2=tenant2|user:alice|group:eng' or "
+        'a JSON object {"key1": "tenant1", "key2": {"tenant": "tenant2", "principals": '
+        '["user:alice", "group:eng"]}}; a grant is its tenant, then the principals its caller '
+        "holds (see README 'Document permissions'); kept as the string 'tenant|p1|p2'",
+    )
+    trust_principals_header: bool = Field(
+        False,
+        description="honour the X-Freshrag-Principals header (from a trusted gateway): its "
+        "principals are added to those of an authenticated caller's key, in the key's tenant",
     )
     auth_enabled: bool = Field(True, description="false only for local demos; logs a warning")
     cors_origins: list[str] = Field(default_factory=list)
@@ -221,26 +287,42 @@ class Settings(BaseSettings):
         if text.startswith("{"):
             import json
 
-            return json.loads(text)
+            try:
+                parsed = json.loads(text)
+            except json.JSONDecodeError as exc:  # the message quotes no key
+                raise ValueError(f"starts with '{{' but is not JSON ({exc.msg})") from None
+            if not isinstance(parsed, dict):
+                raise ValueError("the JSON form must be an object of key -> grant")
+            return {k: _json_grant(v, n) for n, (k, v) in enumerate(parsed.items(), 1)}
         pairs: dict[str, str] = {}
         for item in text.split(","):
-            key, sep, tenant = item.strip().partition("=")
-            if not sep or not key or not tenant:
-                raise ValueError("expected 'key=tenant' pairs separated by commas")
-            pairs[key] = tenant
+            key, sep, grant = item.strip().partition("=")
+            if not sep or not key or not grant:
+                raise ValueError(
+                    "expected 'key=tenant' or 'key=tenant|user:<id>|group:<id>' items "
+                    "separated by commas"
+                )
+            pairs[key] = grant
         return pairs
 
     @field_validator("api_keys")
     @classmethod
     def _check_api_keys(cls, value: dict[str, str]) -> dict[str, str]:
-        """Tenants must match the events' pattern; errors never quote a key (they are logged)."""
-        for n, (key, tenant) in enumerate(value.items(), 1):
+        """Tenants must match the events' pattern, principals the `core.principals` rules;
+        grants are made canonical ('tenant|p1|p2', sorted). Errors never quote a key."""
+        out: dict[str, str] = {}
+        for n, (key, grant) in enumerate(value.items(), 1):
             if not key.strip() or key != key.strip():
                 raise ValueError(f"key #{n} is empty or has leading/trailing blanks")
+            try:
+                tenant, principals = parse_grant(grant, f"key #{n}")
+            except PrincipalError as exc:
+                raise ValueError(str(exc)) from None
             if not is_valid_tenant(tenant):
                 shown = tenant if len(tenant) <= 80 else tenant[:80] + "…"
                 raise ValueError(f"tenant {shown!r} of key #{n} is not {TENANT_RULE}")
-        return value
+            out[key] = grant_spec(tenant, principals)
+        return out
 
     @field_validator("kafka_bootstrap")
     @classmethod
@@ -263,9 +345,30 @@ class Settings(BaseSettings):
         """Settings for logs: secrets masked, API keys reduced to their tenants."""
         data = self.model_dump()
         data["openai_api_key"] = "***"
+        data["embed_openai_api_key"] = "***"
         data["qdrant_api_key"] = "***" if self.qdrant_api_key else None
-        data["api_keys"] = sorted(set(self.api_keys.values()))
+        data["api_keys"] = sorted({g.split("|", 1)[0] for g in self.api_keys.values()})
         return data
+
+
+def _json_grant(value: Any, n: int) -> str:
+    """A grant of the JSON form: "tenant", or {"tenant": .., "principals": [..]}."""
+    if isinstance(value, str):
+        return value
+    if not isinstance(value, dict) or not isinstance(value.get("tenant"), str):
+        raise ValueError(
+            f'grant of key #{n} must be "tenant" or {{"tenant": .., "principals": [..]}}'
+        )
+    extra = set(value) - {"tenant", "principals"}
+    if extra:
+        raise ValueError(f"grant of key #{n} has unknown fields {sorted(extra)}")
+    principals = value.get("principals") or []
+    if not isinstance(principals, list) or not all(isinstance(p, str) for p in principals):
+        raise ValueError(f"principals of key #{n} must be a list of strings")
+    for p in principals:
+        if "|" in p or "," in p:
+            raise ValueError(f"a principal of key #{n} holds '|' or ','")
+    return "|".join([value["tenant"], *principals])
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -15,10 +15,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+from freshrag.core.principals import acl_field
 from freshrag.core.tenants import DEFAULT_TENANT, is_valid_tenant
+from freshrag.ingest.formats import MARKDOWN, FormatError, normalize_content_type, to_indexable_text
 from freshrag.ingest.validation import (
     MAX_METADATA_KEYS,
     InvalidValue,
+    check_acl,
     check_metadata,
     check_version,
     json_kind,
@@ -66,6 +69,9 @@ class Upsert:
     row_identity: bool = False
     # False: `version` is the record timestamp, and equal versions are told apart by offset.
     explicit_version: bool = True
+    # Who may read it: sorted "user:<id>" / "group:<id>" (`core.principals`); ("nobody",) for
+    # an `acl` naming no one; None (no `acl`): the whole tenant.
+    acl: tuple[str, ...] | None = None
 
     @property
     def doc_key(self) -> str:
@@ -126,6 +132,9 @@ class DebeziumMapping:
     updated_at_field: str | None = "updated_at"
     tenant_field: str | None = "tenant"
     version_field: str | None = None
+    content_type_field: str | None = "content_type"  # text/markdown, text/html, text/plain
+    # {"users": [...], "groups": [...]} as an object or JSON text (a json/jsonb column)
+    acl_field: str | None = "acl"
     metadata_fields: Sequence[str] | None = None  # None: every other column
     source: str = "debezium"
 
@@ -155,6 +164,8 @@ def upsert_event(
     version: Any = None,
     updated_at: Any = None,
     metadata: Any = None,
+    content_type: Any = None,
+    acl: Any = None,
 ) -> dict[str, Any]:
     """The native upsert event. A field left None is left out (the reader's default applies:
     default tenant, the record timestamp as version and updated_at). Values are not checked
@@ -168,6 +179,8 @@ def upsert_event(
         "version": version,
         "updated_at": updated_at.isoformat() if isinstance(updated_at, datetime) else updated_at,
         "metadata": metadata,
+        "content_type": content_type,
+        "acl": acl,  # {"users": [...], "groups": [...]}; None: the whole tenant
     }
     event.update({k: v for k, v in fields.items() if v is not None})
     return event
@@ -198,14 +211,78 @@ def native_event(event: ChangeEvent) -> dict[str, Any]:
         version=event.version,
         updated_at=event.updated_at,
         metadata=dict(event.metadata),
+        acl=acl_field(event.acl),
     )
 
 
 def encode_event(event: Mapping[str, Any]) -> tuple[bytes, bytes]:
-    """(key, value) of the Kafka record for a native event: keyed by document id, so one
-    document's events stay in order on one partition; the value is UTF-8 JSON."""
+    """(key, value) of the Kafka record for a native event: the key is `document_key` of the
+    event's tenant (the default tenant when it names none) and id, so the compacted topic keeps
+    the latest event of every tenant's document; the value is UTF-8 JSON."""
     value = json.dumps(event, ensure_ascii=False, default=str).encode()
-    return str(event["id"]).encode(), value
+    return document_key(event.get("tenant"), event["id"]), value
+
+
+# -- record keys -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentKey:
+    """The document a record key names. `tenant_known=False`: the key does not say the tenant
+    (a legacy bare-id key, a Debezium key without the tenant column); `tenant` is then the
+    default tenant, and a tombstone with it reaches the tenant(s) the document was indexed under."""
+
+    tenant: str
+    doc_id: str
+    tenant_known: bool = True
+
+
+def document_key(tenant: Any, doc_id: Any) -> bytes:
+    """The record key of a document: compact JSON `{"id":"<doc id>","tenant":"<tenant>"}`,
+    keys sorted, UTF-8, non-ASCII unescaped. Canonical, so the broker's compaction (which
+    compares key bytes) sees one key per (tenant, document); JSON, so no doc id (which may hold
+    '/', '{' or anything) can be read as another tenant's. Values are not checked here (see
+    `upsert_event`); a tenant left None is the default tenant."""
+    key = {
+        "id": doc_id if isinstance(doc_id, str) else str(doc_id),
+        "tenant": DEFAULT_TENANT if tenant is None else str(tenant),
+    }
+    return json.dumps(key, ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode(
+        "utf-8", "surrogatepass"
+    )
+
+
+def parse_key(key: bytes | None, mapping: DebeziumMapping | None = None) -> DocumentKey:
+    """The document a record key names, or an EventError. Read in this order:
+
+    - a JSON object (a `{"schema":..,"payload":{..}}` wrapper is unwrapped): the id is the
+      mapping's id column, else `id` (an integer id becomes its decimal string); the tenant is
+      the mapping's tenant column, else `tenant` when the key is exactly freshrag's own
+      `{"id":..,"tenant":..}`; without either the tenant is not known;
+    - anything else is a legacy bare document id (default tenant, tenant not known)."""
+    m = mapping or DebeziumMapping()
+    if not key:
+        raise EventError("MissingKey", "the record has no key to name a document")
+    try:
+        key_text = key.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise EventError("InvalidEncoding", f"key is not UTF-8: {exc.reason}") from None
+    if not key_text.startswith("{"):
+        return DocumentKey(DEFAULT_TENANT, _doc_id(key_text, "key", allow_int=False), False)
+    try:
+        body = _loads(key_text)
+    except json.JSONDecodeError as exc:
+        raise EventError("InvalidJSON", f"record key is not JSON: {exc.msg}") from None
+    if isinstance(body, dict) and isinstance(body.get("payload"), dict):
+        body = body["payload"]
+    if not isinstance(body, dict):
+        raise EventError("WrongType", "record key must be a JSON object or a plain id")
+    doc_id = _doc_id(body.get(m.id_field, body.get("id")), "key.id", allow_int=True)
+    if m.tenant_field and body.get(m.tenant_field) is not None:
+        return DocumentKey(_tenant(body[m.tenant_field]), doc_id)
+    if set(body) == {"id", "tenant"} and isinstance(body["tenant"], str):
+        return DocumentKey(_tenant(body["tenant"]), doc_id)  # freshrag's own key
+    return DocumentKey(DEFAULT_TENANT, doc_id, False)
 
 
 # -- reading ---------------------------------------------------------------------------------------
@@ -271,19 +348,21 @@ def _from_native(body: dict[str, Any], record: RawRecord) -> ChangeEvent:
         version = None if raw_version is None else _version(raw_version, record)
         return Delete(tenant, doc_id, version, record.origin)
     version = _version(body.get("version"), record)
+    content_type = _content_type(body.get("content_type"))
     return Upsert(
         explicit_version=body.get("version") is not None,
         tenant=tenant,
         doc_id=doc_id,
         version=version,
         title=_optional_str(body.get("title"), "title", MAX_TITLE_LENGTH) or "",
-        text=_text(body.get("text"), "text"),
+        text=_indexable(_text(body.get("text"), "text"), content_type, "text"),
         updated_at=_updated_at(body.get("updated_at"), record),
         origin=record.origin,
         url=_optional_str(body.get("url"), "url", 4096),
         source=_optional_str(body.get("source"), "source", 256),
-        metadata=_metadata(body.get("metadata")),
+        metadata=_with_content_type(_metadata(body.get("metadata")), content_type),
         raw=record,
+        acl=_acl(body.get("acl"), "acl"),
     )
 
 
@@ -315,7 +394,8 @@ def _from_debezium(env: dict[str, Any], record: RawRecord, m: DebeziumMapping) -
     version = _version(raw_version, record)
     explicit_version = raw_version is not None
     used = {m.id_field, m.text_field, m.title_field, m.url_field, m.updated_at_field}
-    used |= {m.tenant_field, m.version_field}
+    used |= {m.tenant_field, m.version_field, m.content_type_field, m.acl_field}
+    content_type = _content_type(row.get(m.content_type_field) if m.content_type_field else None)
     if m.metadata_fields is None:
         # every other column, as far as it is storable: a long text column or an odd column
         # name must not send the whole row to the DLQ (named metadata_fields stay strict)
@@ -329,47 +409,41 @@ def _from_debezium(env: dict[str, Any], record: RawRecord, m: DebeziumMapping) -
         doc_id=doc_id,
         version=version,
         title=_optional_str(row.get(m.title_field) if m.title_field else None, "title", 2000) or "",
-        text=_text(row.get(m.text_field), f"{image}.{m.text_field}"),
+        text=_indexable(
+            _text(row.get(m.text_field), f"{image}.{m.text_field}"),
+            content_type,
+            f"{image}.{m.text_field}",
+        ),
         updated_at=_updated_at(row.get(m.updated_at_field) if m.updated_at_field else None, record),
         origin=record.origin,
         url=_optional_str(row.get(m.url_field) if m.url_field else None, "url", 4096),
         source=m.source,
-        metadata=_metadata({k: v for k, v in meta_src.items() if _scalar(v)}),
+        metadata=_with_content_type(
+            _metadata({k: v for k, v in meta_src.items() if _scalar(v)}), content_type
+        ),
         raw=record,
         row_identity=True,
         explicit_version=explicit_version,
+        acl=_acl(row.get(m.acl_field) if m.acl_field else None, f"{image}.{m.acl_field}"),
     )
 
 
 def _tombstone(record: RawRecord, m: DebeziumMapping) -> Delete:
-    """A null value deletes by key: a plain id, or a JSON key such as Debezium's {"id": 42}."""
+    """A null value deletes the document its key names (`parse_key`): freshrag's own key,
+    a Debezium key such as {"id": 42}, or a legacy bare id."""
     if not record.key:
         raise EventError(
             "MissingKey", "tombstone (null value) without a key cannot name a document"
         )
-    try:
-        key_text = record.key.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise EventError("InvalidEncoding", f"key is not UTF-8: {exc.reason}") from None
-    tenant = DEFAULT_TENANT
-    tenant_known = False
-    doc_id: str = key_text
-    if key_text.startswith("{"):
-        try:
-            key = _loads(key_text)
-        except json.JSONDecodeError as exc:
-            raise EventError("InvalidJSON", f"tombstone key is not JSON: {exc.msg}") from None
-        if isinstance(key, dict) and isinstance(key.get("payload"), dict):
-            key = key["payload"]
-        if not isinstance(key, dict):
-            raise EventError("WrongType", "tombstone key must be a JSON object or a plain id")
-        doc_id = _doc_id(key.get(m.id_field, key.get("id")), "key.id", allow_int=True)
-        key_tenant = key.get(m.tenant_field) if m.tenant_field else None
-        tenant = _tenant(key_tenant)
-        tenant_known = key_tenant is not None
-    else:
-        doc_id = _doc_id(key_text, "key", allow_int=False)
-    return Delete(tenant, doc_id, None, record.origin, tenant_known=tenant_known, row_identity=True)
+    key = parse_key(record.key, m)
+    return Delete(
+        key.tenant,
+        key.doc_id,
+        None,
+        record.origin,
+        tenant_known=key.tenant_known,
+        row_identity=True,
+    )
 
 
 def _doc_id(value: Any, name: str, *, allow_int: bool) -> str:
@@ -418,6 +492,61 @@ def _text(value: Any, name: str) -> str:
             "EmptyText", f"field '{name}' is empty; send a delete to remove a document"
         )
     return value
+
+
+def _content_type(value: Any) -> str | None:
+    """The declared media type (`formats.normalize_content_type`), None when not declared."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise EventError(
+            "WrongType", f"field 'content_type' must be a string, got {json_kind(value)}"
+        )
+    try:
+        return normalize_content_type(value)
+    except FormatError as exc:
+        raise EventError(exc.error_class, str(exc)) from None
+
+
+def _acl(value: Any, name: str) -> tuple[str, ...] | None:
+    """Who may read the document (`core.principals.parse_acl`); a Debezium json/jsonb column
+    arrives as JSON text. Absent or null: the whole tenant."""
+    if isinstance(value, str):
+        try:
+            value = _loads(value)
+        except json.JSONDecodeError as exc:
+            raise EventError(
+                "InvalidAcl", f"field '{name}' is text but not JSON: {exc.msg}"
+            ) from None
+    return _checked(check_acl, value)
+
+
+def _indexable(text: str, content_type: str | None, name: str) -> str:
+    """The text to chunk and store: HTML made markdown-like, plain text escaped (`formats`)."""
+    if content_type is None or content_type == MARKDOWN:
+        return text
+    try:
+        out = to_indexable_text(text, content_type)
+    except FormatError as exc:
+        raise EventError(exc.error_class, f"field '{name}' ({content_type}): {exc}") from None
+    if not out.strip():
+        raise EventError(
+            "EmptyText",
+            f"field '{name}' has no text left once converted from {content_type} (scripts, "
+            "styles, navigation, forms and hidden elements are dropped)",
+        )
+    return out
+
+
+def _with_content_type(metadata: dict[str, Any], content_type: str | None) -> dict[str, Any]:
+    """The declared content type is kept as metadata `content_type` (filterable, shown with
+    each hit), unless the event's own metadata has that key or no room is left."""
+    if content_type is None or "content_type" in metadata:
+        return metadata
+    try:
+        return check_metadata({**metadata, "content_type": content_type})
+    except InvalidValue:
+        return metadata
 
 
 def _optional_str(value: Any, name: str, max_len: int) -> str | None:

@@ -224,7 +224,9 @@ def build_flow(parts: FlowParts, flow_id: str = "freshrag-ingest") -> Dataflow:
         for rank, event in seen.values():
             metrics.events.labels(_op(event), _OUTCOMES[rank]).inc()
             if rank == 2:
-                metrics.freshness_lag.observe(max(0.0, now - event.origin.timestamp_ms / 1000))
+                metrics.on_written(
+                    event.tenant, event.origin.partition, event.origin.timestamp_ms, now
+                )
         done = [e.origin for r in records for e in r if _key(e.origin) not in dead]
         return [*dead.values(), *final(*done)]
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from freshrag.ingest.searchable import LatencyWindow
+
 
 class IngestMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
@@ -53,6 +55,8 @@ class IngestMetrics:
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 3600),
             registry=r,
         )
+        # the same samples per tenant and partition over a sliding window (GET /v1/freshness)
+        self.searchable = LatencyWindow()
         self.records_read = Counter(
             "freshrag_ingest_records_read",
             "Records read from Kafka; equals the sum of event outcomes when nothing is in flight",
@@ -88,6 +92,12 @@ class IngestMetrics:
             " their source key), so small updates do not wait behind them",
             registry=r,
         )
+
+    def on_written(self, tenant: str, partition: int, timestamp_ms: int, now: float) -> None:
+        """A record reached the index at `now` (epoch s): produce → searchable latency."""
+        lag = max(0.0, now - timestamp_ms / 1000)
+        self.freshness_lag.observe(lag)
+        self.searchable.observe(tenant, partition, lag, now)
 
     def on_read(self, topic: str, partition: int, next_offset: int, offsets: list[int]) -> None:
         self.source_offset.labels(topic, str(partition)).set(next_offset)

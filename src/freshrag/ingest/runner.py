@@ -22,6 +22,7 @@ from freshrag.ingest.cluster import PEER_LOST_EXIT, PeerWatch
 from freshrag.ingest.flow import FlowParts, build_flow
 from freshrag.ingest.kafka_io import ensure_event_topics
 from freshrag.ingest.metrics import IngestMetrics
+from freshrag.ingest.searchable import freshness_channel
 from freshrag.retrieve.contract import DENSE_DIM, Store
 from freshrag.retrieve.generations import IndexSettingsMismatch, manifest_for
 from freshrag.retrieve.stores import open_writer_store
@@ -276,11 +277,17 @@ def run_ingest(settings: Settings, opts: IngestOptions) -> None:
         settings, store, embedder, Bm25Encoder(), metrics, stop, workers=opts.workers * processes
     )
     publisher = WatermarkPublisher(store, settings.topic, parts.watermarks.snapshot)
+    latency = WatermarkPublisher(  # produce → searchable window, for GET /v1/freshness
+        store,
+        freshness_channel(settings.topic),
+        lambda: metrics.searchable.channel_snapshot(time.time()),
+    )
     peers = _peer_watch(settings, opts, store, stop)
     try:
         flow = build_flow(parts)
         recovery = prepare_recovery(opts)
         publisher.start()
+        latency.start()
         if peers is not None:
             peers.start()
         log.info(
@@ -315,6 +322,7 @@ def run_ingest(settings: Settings, opts: IngestOptions) -> None:
         if peers is not None:
             peers.stop()
         publisher.stop()
+        latency.stop()
         store.close()
     log.info("ingest stopped cleanly")
 

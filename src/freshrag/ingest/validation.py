@@ -12,7 +12,10 @@ here is checked at parse time, and the API applies the same functions to its req
 - metadata is a flat object: at most `MAX_METADATA_KEYS` keys, each 1..`MAX_METADATA_KEY_CHARS`
   letters, digits, `_` or `-` (other characters break the `metadata.<key>` filter paths); values
   are strings of at most `MAX_METADATA_STRING_CHARS`, int64 integers, finite numbers, booleans,
-  or lists of at most `MAX_METADATA_LIST_ITEMS` of those; `MAX_METADATA_BYTES` as JSON in all.
+  or lists of at most `MAX_METADATA_LIST_ITEMS` of those; `MAX_METADATA_BYTES` as JSON in all;
+- an `acl` is `{"users": [...], "groups": [...]}`: at most `MAX_ACL_PRINCIPALS` ids in all, each
+  1-`MAX_PRINCIPAL_ID_CHARS` characters without control characters or edge blanks
+  (`core.principals`).
 """
 
 from __future__ import annotations
@@ -22,6 +25,10 @@ import math
 import re
 from collections.abc import Mapping
 from typing import Any
+
+from freshrag.core.principals import MAX_ACL_PRINCIPALS as MAX_ACL_PRINCIPALS
+from freshrag.core.principals import MAX_PRINCIPAL_ID_CHARS as MAX_PRINCIPAL_ID_CHARS
+from freshrag.core.principals import PrincipalError, parse_acl
 
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
@@ -260,3 +267,15 @@ def check_metadata(value: Any) -> dict[str, Any]:
             f"metadata is {size} bytes as JSON, over the {MAX_METADATA_BYTES}-byte limit",
         )
     return out
+
+
+# -- acl ---------------------------------------------------------------------------------------
+
+
+def check_acl(value: Any) -> tuple[str, ...] | None:
+    """An event's `acl` as sorted principals ("user:<id>", "group:<id>"; ("nobody",) when it
+    names no one), None when absent/null, else `InvalidValue` (class InvalidAcl/AclTooLarge)."""
+    try:
+        return parse_acl(value)
+    except PrincipalError as exc:
+        raise InvalidValue(exc.error_class, str(exc)) from None

@@ -123,6 +123,8 @@ class ServerCatalog:
         return sorted(n for n in names if _is_generation(self.collection, n))
 
     def read_manifest(self, name: str) -> IndexManifest | None:
+        if not self.client.collection_exists(name):  # a first start: nothing built it yet
+            return None
         metadata = self.client.get_collection(name).config.metadata or {}
         data = metadata.get(MANIFEST_KEY)
         return IndexManifest.from_json(data) if isinstance(data, dict) else None

@@ -126,3 +126,15 @@ def open_serving_store(settings: Settings) -> Store:
         catalog.close()
     dim = int(manifest.build["dimension"]) if manifest is not None else DENSE_DIM
     return open_settings_store(settings, name, dense_dim=dim)
+
+
+def serving_settings(settings: Settings) -> Settings:
+    """`settings` with the serving generation's build settings (its model and chunking), for
+    readers that embed queries themselves."""
+    catalog = open_catalog(settings)
+    try:
+        name = catalog.serving()
+        manifest = catalog.read_manifest(name) if catalog.exists(name) else None
+    finally:
+        catalog.close()
+    return settings if manifest is None else settings.model_copy(update=manifest.settings_update())

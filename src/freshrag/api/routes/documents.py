@@ -12,11 +12,17 @@ from fastapi import APIRouter, Header, Query, Request, Response
 
 from freshrag.api.auth import Caller
 from freshrag.api.deps import CallerDep, ServicesDep
-from freshrag.api.errors import api_error
+from freshrag.api.errors import api_error, invalid_input
 from freshrag.api.idempotency import IdempotencyCache, IdempotencyConflict, IdempotencyInFlight
 from freshrag.api.schemas import DocumentBody, DocumentStatusOut, WriteOut
 from freshrag.api.services import Services
 from freshrag.ingest.events import delete_event, encode_event, upsert_event
+from freshrag.ingest.formats import (
+    MARKDOWN,
+    FormatError,
+    normalize_content_type,
+    to_indexable_text,
+)
 from freshrag.ingest.producer import Produced, ProduceError
 
 router = APIRouter(prefix="/v1/documents", tags=["documents"])
@@ -121,6 +127,7 @@ def upsert_document(
             f"text is {size} bytes, over the {limit}-byte document limit",
             field="text",
         )
+    _check_convertible(body.text, body.content_type)
     event = upsert_event(
         body.id,
         body.text,
@@ -131,6 +138,8 @@ def upsert_document(
         version=body.version,
         updated_at=body.updated_at,
         metadata=body.metadata,
+        content_type=body.content_type,
+        acl=body.acl.model_dump() if body.acl is not None else None,
     )
     # The flow dead-letters an event over the limit, and the event is more than its text.
     event_size = len(encode_event(event)[1])
@@ -145,6 +154,25 @@ def upsert_document(
     return _out(body.id, "upsert", produced)
 
 
+def _check_convertible(text: str, content_type: str | None) -> None:
+    """422 for what the flow would dead-letter once it converts the text (`ingest.formats`):
+    HTML nested too deep, or nothing left after dropping scripts, styles and navigation. The
+    event itself carries the original text; the flow converts it again."""
+    if content_type is None:
+        return
+    try:
+        media = normalize_content_type(content_type)
+        converted = to_indexable_text(text, media)
+    except FormatError as exc:
+        raise invalid_input("text", f"{exc.error_class}: {exc}") from None
+    if media != MARKDOWN and not converted.strip():
+        raise invalid_input(
+            "text",
+            f"text has no indexable text once converted from {media} (scripts, styles, "
+            "navigation, forms and hidden elements are dropped)",
+        )
+
+
 @router.get("", response_model=list[dict[str, Any]])
 def recent_documents(
     caller: CallerDep, services: ServicesDep, limit: int = Query(20, ge=1, le=200)
@@ -152,7 +180,8 @@ def recent_documents(
     """Recently indexed documents of the caller's tenant (live when the flow runs in-process)."""
     if services.recent is None:
         return []
-    return [asdict(a) for a in services.recent.latest(caller.tenant, limit)]
+    recent = services.recent.latest(caller.tenant, limit, principals=caller.principals)
+    return [{k: v for k, v in asdict(a).items() if k != "acl"} for a in recent]
 
 
 @router.delete("/{doc_id:path}", status_code=202, response_model=WriteOut)
@@ -172,8 +201,11 @@ def delete_document(
 
 @router.get("/{doc_id:path}", response_model=DocumentStatusOut)
 def document_status(doc_id: str, caller: CallerDep, services: ServicesDep) -> DocumentStatusOut:
-    status = services.store.document_status(caller.tenant, doc_id)
-    if status is None:  # another tenant's document is indistinguishable from a missing one
+    status = services.current().store.document_status(
+        caller.tenant, doc_id, principals=caller.principals
+    )
+    # another tenant's document, or one the caller may not read, looks like a missing one
+    if status is None:
         raise api_error(404, "not_found", f"document '{doc_id}' is not indexed")
     return DocumentStatusOut(
         id=doc_id,
