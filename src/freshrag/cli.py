@@ -208,6 +208,39 @@ def serve(
     )
 
 
+@app.command("mcp")
+def mcp_stdio() -> None:
+    """MCP over stdio (desktop clients): search, fetch_document, upsert/delete_document,
+    wait_for, freshness. The caller is the API key in FRESHRAG_MCP_API_KEY (as a bearer key).
+    On a Qdrant Edge index it must be the only process holding the shard: with `freshrag up`
+    running, use Qdrant server or connect the client to the HTTP endpoint /mcp instead."""
+    from freshrag.api.auth import Unauthorized
+    from freshrag.api.mcp_server import API_KEY_ENV, run_stdio, stdio_caller
+    from freshrag.api.services import build_services
+
+    settings = _settings()
+    _logging()  # stderr: stdout carries the protocol
+    try:
+        caller = stdio_caller(settings, os.environ)
+    except Unauthorized as exc:
+        raise fail(f"{API_KEY_ENV}: {exc.message}") from None
+    try:
+        services = build_services(settings)
+    except RuntimeError as exc:
+        if settings.qdrant_url or "another process" not in str(exc):
+            raise
+        raise fail(
+            f"{exc}. `freshrag mcp` (stdio) opens the index itself: on a Qdrant Edge shard it "
+            "must be the only process (the Edge shard lock). Run Qdrant server "
+            "(FRESHRAG_QDRANT_URL), or point the MCP client at the running API's "
+            "http://HOST:PORT/mcp endpoint instead."
+        ) from None
+    try:
+        run_stdio(services, caller)
+    finally:
+        services.close()
+
+
 @app.command()
 def up(
     workers: Annotated[int, typer.Option("-w", "--workers-per-process")] = 1,

@@ -15,8 +15,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from freshrag import __version__
 from freshrag.api import page
 from freshrag.api.errors import install_error_handlers
+from freshrag.api.freshness import install_metrics as install_freshness_metrics
 from freshrag.api.limits import Limits
-from freshrag.api.routes import chat, documents, health, openai_compat, search
+from freshrag.api.mcp_server import mount as mount_mcp
+from freshrag.api.routes import chat, documents, freshness, health, openai_compat, search
 from freshrag.api.services import Services, build_services
 from freshrag.core.settings import Settings, load_settings
 
@@ -91,8 +93,10 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         built = services or build_services(settings)
         app.state.services = built
         app.state.limits = Limits(settings, getattr(built, "watermarks", None))
+        install_freshness_metrics(built)  # lag and latency figures on /metrics
         try:
-            yield
+            async with app.state.mcp.running():  # the MCP session manager of `/mcp`
+                yield
         finally:
             app.state.limits.close()
             if services is None:
@@ -123,8 +127,10 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
 
     install_error_handlers(app)  # our error shapes (OpenAI's on its routes) and their OpenAPI
 
-    for module in (search, chat, openai_compat, documents, health, page):
+    for module in (search, chat, openai_compat, documents, health, page, freshness):
         app.include_router(module.router)
+    # MCP over streamable HTTP at /mcp: the same keys, tenants, bounds and error bodies
+    app.state.mcp = mount_mcp(app, settings.max_document_bytes + BODY_SLACK)
 
     return app
 

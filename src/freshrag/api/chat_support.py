@@ -12,7 +12,14 @@ from fastapi.responses import JSONResponse
 
 from freshrag.api.errors import invalid_input
 from freshrag.api.retrieval import Retrieved
-from freshrag.api.schemas import CitationOut, GroundingOut, Message, SourceOut, UnsupportedOut
+from freshrag.api.schemas import (
+    CitationOut,
+    GroundingOut,
+    Message,
+    SourceOut,
+    UnsupportedOut,
+    source_position,
+)
 from freshrag.api.services import Services
 from freshrag.generate.answer import Answer, AnswerEvent, OnUngrounded
 from freshrag.generate.citations import Citation
@@ -73,6 +80,8 @@ def source_out(ns: NumberedSource) -> SourceOut:
         chunk_index=s.chunk_index,
         score=s.score,
         text=s.text,
+        indexed_at=s.indexed_at_iso,
+        source_position=source_position(s.topic, s.partition, s.offset),
     )
 
 
@@ -81,7 +90,18 @@ def retrieved_sources(sources: list[Source]) -> list[SourceOut]:
 
 
 def citation_out(c: Citation) -> CitationOut:
-    return CitationOut(**{f: getattr(c, f) for f in CitationOut.model_fields})
+    return CitationOut(
+        number=c.number,
+        doc_id=c.doc_id,
+        title=c.title,
+        url=c.url,
+        version=c.version,
+        updated_at=c.updated_at,
+        chunk_index=c.chunk_index,
+        text=c.text,
+        indexed_at=c.indexed_at,
+        source_position=source_position(c.topic, c.partition, c.offset),
+    )
 
 
 def grounding_out(answer: Answer) -> GroundingOut:

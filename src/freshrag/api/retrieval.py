@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from freshrag.api.auth import Caller
-from freshrag.api.schemas import Filters, HitOut, IndexInfo
+from freshrag.api.schemas import Filters, HitOut, IndexInfo, source_position
 from freshrag.api.services import Services
 from freshrag.generate.sources import Source
 from freshrag.retrieve.contract import Hit, SearchFilter, Store
@@ -41,20 +41,38 @@ def hit_out(hit: SearchHit) -> HitOut:
         updated_at=hit.updated_at,
         heading=hit.heading,
         metadata=dict(hit.metadata),
+        indexed_at=hit.indexed_at,
+        source_position=source_position(hit.topic, hit.partition, hit.offset),
     )
 
 
+def read_watermark(services: Services) -> dict[str, int]:
+    """The indexed watermarks now: read it BEFORE a query, so every record below it is one
+    the query could see (the flow only moves it forward after a write is searchable)."""
+    return services.watermarks() if services.watermarks is not None else {}
+
+
 def index_info(
-    services: Services, updated: list[datetime | None], generation: str | None = None
+    services: Services,
+    updated: list[datetime | None],
+    generation: str | None = None,
+    *,
+    watermark: dict[str, int] | None = None,
+    retrieved_at: datetime | None = None,
 ) -> IndexInfo:
+    """`watermark`: the one read when retrieval ran (read now when not given)."""
     known = [u for u in updated if u is not None]
     age = None
     if known:
         newest = max(u if u.tzinfo else u.replace(tzinfo=UTC) for u in known)
         age = max(0.0, (datetime.now(UTC) - newest).total_seconds())
-    watermark = services.watermarks() if services.watermarks is not None else {}
+    if watermark is None:
+        watermark = read_watermark(services)
     return IndexInfo(
-        watermark=watermark, freshest_document_age_s=age, generation=generation or None
+        watermark=watermark,
+        freshest_document_age_s=age,
+        generation=generation or None,
+        retrieved_at=retrieved_at,
     )
 
 
@@ -94,6 +112,19 @@ class Retrieved:
     hits: list[SearchHit]
     seconds: float
     generation: str = ""
+    # the index watermark read just before the query, and when: what the answer could see
+    watermark: dict[str, int] = field(default_factory=dict)
+    retrieved_at: datetime | None = None
+
+    def index(self, services: Services) -> IndexInfo:
+        """The answer's `index`: the watermark of retrieval time, not of the response."""
+        return index_info(
+            services,
+            [h.updated_at for h in self.hits],
+            self.generation,
+            watermark=self.watermark,
+            retrieved_at=self.retrieved_at,
+        )
 
 
 def retrieve_sources(
@@ -104,6 +135,8 @@ def retrieve_sources(
     started = time.perf_counter()
     generation = services.current()
     searcher = generation.searcher
+    watermark = read_watermark(services)
+    retrieved_at = datetime.now(UTC)
     req = SearchRequest(
         query=question, filter=search_filter(caller, filters), top_k=top_k, fresh=fresh
     )
@@ -116,4 +149,4 @@ def retrieve_sources(
     hits = [SearchHit.from_hit(h) for h in ranked]
     elapsed = time.perf_counter() - started
     services.metrics.retrieval.observe(elapsed)
-    return Retrieved(sources, hits, elapsed, generation.name)
+    return Retrieved(sources, hits, elapsed, generation.name, watermark, retrieved_at)

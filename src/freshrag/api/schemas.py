@@ -116,6 +116,21 @@ class SearchBody(BaseModel):
     _query_not_blank = field_validator("query")(_not_blank)
 
 
+class SourcePosition(BaseModel):
+    """Where the indexed version came from: its change event's Kafka record."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+def source_position(topic: str, partition: int, offset: int) -> SourcePosition | None:
+    """None for points written before the position was stored (offset -1)."""
+    if offset < 0 or partition < 0:
+        return None
+    return SourcePosition(topic=topic, partition=partition, offset=offset)
+
+
 class HitOut(BaseModel):
     doc_id: str
     chunk_index: int
@@ -127,6 +142,10 @@ class HitOut(BaseModel):
     updated_at: datetime | None
     heading: str = ""
     metadata: dict[str, Any] = Field(default_factory=dict)
+    indexed_at: datetime | None = Field(None, description="when this chunk was written")
+    source_position: SourcePosition | None = Field(
+        None, description="the change event it was indexed from (null: not recorded)"
+    )
 
 
 class IndexInfo(BaseModel):
@@ -136,6 +155,11 @@ class IndexInfo(BaseModel):
     freshest_document_age_s: float | None = None
     generation: str | None = Field(
         None, description="the index generation that answered (see `freshrag reindex`)"
+    )
+    retrieved_at: datetime | None = Field(
+        None,
+        description="when retrieval ran; `watermark` was read just before it, so every record "
+        "below it (per partition) was visible to this answer",
     )
 
 
@@ -181,6 +205,10 @@ class CitationOut(BaseModel):
     updated_at: str | None
     chunk_index: int
     text: str
+    indexed_at: str | None = Field(None, description="when this chunk was written")
+    source_position: SourcePosition | None = Field(
+        None, description="the change event it was indexed from (null: not recorded)"
+    )
 
 
 class SourceOut(CitationOut):

@@ -120,7 +120,7 @@ def parse_acl(value: Any) -> tuple[str, ...] | None:
     return tuple(sorted(out)) if out else (NOBODY,)
 
 
-def acl_field(acl: Iterable[str] | None) -> dict[str, list[str]] | None:
+def acl_to_event(acl: Iterable[str] | None) -> dict[str, list[str]] | None:
     """The event's `acl` field for parsed principals (the inverse of `parse_acl`)."""
     if acl is None:
         return None

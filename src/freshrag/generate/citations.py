@@ -36,6 +36,11 @@ class Citation:
     updated_at: str | None
     chunk_index: int
     text: str
+    # provenance (see Source): when written, and the change event's record
+    indexed_at: str | None = None
+    topic: str = ""
+    partition: int = -1
+    offset: int = -1
 
     @classmethod
     def from_source(cls, number: int, source: Source) -> Citation:
@@ -48,6 +53,10 @@ class Citation:
             updated_at=source.updated_at_iso,
             chunk_index=source.chunk_index,
             text=source.text,
+            indexed_at=source.indexed_at_iso,
+            topic=source.topic,
+            partition=source.partition,
+            offset=source.offset,
         )
 
 

@@ -24,12 +24,19 @@ class Source:
     chunk_index: int
     text: str
     score: float = 0.0
+    # provenance: when the chunk was written and the change event's record (-1: not recorded)
+    indexed_at: datetime | str | None = None
+    topic: str = ""
+    partition: int = -1
+    offset: int = -1
 
     @property
     def updated_at_iso(self) -> str | None:
-        if isinstance(self.updated_at, datetime):
-            return self.updated_at.isoformat()
-        return self.updated_at
+        return _iso(self.updated_at)
+
+    @property
+    def indexed_at_iso(self) -> str | None:
+        return _iso(self.indexed_at)
 
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any], score: float = 0.0) -> Source:
@@ -43,7 +50,22 @@ class Source:
             chunk_index=int(payload.get("chunk_index", 0)),
             text=str(payload.get("text") or ""),
             score=float(score),
+            indexed_at=payload.get("indexed_at"),
+            topic=str(payload.get("topic") or ""),
+            partition=_int(payload.get("partition")),
+            offset=_int(payload.get("offset")),
         )
+
+
+def _iso(value: datetime | str | None) -> str | None:
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(value) if value is not None else -1
+    except (TypeError, ValueError):
+        return -1
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from freshrag.core.principals import acl_field
+from freshrag.core.principals import acl_to_event
 from freshrag.core.tenants import DEFAULT_TENANT, is_valid_tenant
 from freshrag.ingest.formats import MARKDOWN, FormatError, normalize_content_type, to_indexable_text
 from freshrag.ingest.validation import (
@@ -211,7 +211,7 @@ def native_event(event: ChangeEvent) -> dict[str, Any]:
         version=event.version,
         updated_at=event.updated_at,
         metadata=dict(event.metadata),
-        acl=acl_field(event.acl),
+        acl=acl_to_event(event.acl),
     )
 
 

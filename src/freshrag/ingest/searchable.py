@@ -43,6 +43,8 @@ def bucket_of(seconds: float) -> int:
     ms = seconds * 1000.0
     if not ms > MIN_MS:  # also NaN
         return 0
+    if not math.isfinite(ms):
+        return MAX_BUCKET
     return min(MAX_BUCKET, int(math.log(ms / MIN_MS) / math.log(BUCKET_RATIO)))
 
 
@@ -50,7 +52,7 @@ def bucket_value(index: int) -> float:
     """A bucket's representative latency in seconds: the geometric middle of its bounds."""
     if index <= 0:
         return MIN_MS / 1000.0 / 2 if index < 0 else MIN_MS * math.sqrt(BUCKET_RATIO) / 1000.0
-    return MIN_MS * BUCKET_RATIO ** (index + 0.5) / 1000.0
+    return float(MIN_MS * BUCKET_RATIO ** (index + 0.5) / 1000.0)
 
 
 def percentile(values: list[float], q: float) -> float:

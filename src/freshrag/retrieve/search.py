@@ -124,6 +124,11 @@ class SearchHit:
     heading: str
     source: str | None
     metadata: Mapping[str, Any]
+    # provenance: when the chunk was written, and the change event it came from
+    indexed_at: datetime | None = None
+    topic: str = ""
+    partition: int = -1
+    offset: int = -1
 
     @classmethod
     def from_hit(cls, hit: Hit) -> SearchHit:
@@ -142,7 +147,19 @@ class SearchHit:
             heading=str(p.get("heading") or ""),
             source=p.get("source"),
             metadata=dict(p.get("metadata") or {}),
+            indexed_at=parse_timestamp(p.get("indexed_at")),
+            topic=str(p.get("topic") or ""),
+            partition=_int(p.get("partition"), -1),
+            offset=_int(p.get("offset"), -1),
         )
+
+
+def _int(value: Any, default: int) -> int:
+    """A payload integer (points written before provenance was stored lack it)."""
+    try:
+        return int(value) if value is not None else default
+    except (TypeError, ValueError):
+        return default
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,7 +26,7 @@ from freshrag.api.consistency import wait_for_token
 from freshrag.api.deps import CallerDep, ServicesDep
 from freshrag.api.errors import invalid_input
 from freshrag.api.limits import LimitsDep
-from freshrag.api.retrieval import Retrieved, index_info, retrieve_sources
+from freshrag.api.retrieval import Retrieved, retrieve_sources
 from freshrag.api.schemas import ChatBody, ChatOut
 from freshrag.api.services import Services
 from freshrag.generate.answer import Answer, AnswerDelta, AnswerDone, AnswerEvent, AnswerStart
@@ -51,7 +51,7 @@ def answer_out(answer: Answer, retrieved: Retrieved, services: Services) -> Chat
         sources=[source_out(ns) for ns in answer.sources_used],
         refused=answer.refused,
         citations_inferred=answer.citations_inferred,
-        index=index_info(services, [h.updated_at for h in retrieved.hits], retrieved.generation),
+        index=retrieved.index(services),  # the watermark read when retrieval ran
         **grounding_out(answer).model_dump(),
     )
 

@@ -106,6 +106,8 @@ async def chat_completions(
                 "sources": [source_out(ns).model_dump() for ns in answer.sources_used],
                 "refused": answer.refused,
                 "citations_inferred": answer.citations_inferred,
+                # the watermark read when retrieval ran: which writes the answer could see
+                "index": retrieved.index(services).model_dump(mode="json"),
                 **grounding_out(answer).model_dump(),
             }
 
@@ -155,6 +157,7 @@ async def chat_completions(
                         # the streamed content failed the grounding guard: show this instead
                         answer=answer.text if event.replaced else None,
                         replaced=event.replaced,
+                        index=retrieved.index(services).model_dump(mode="json"),
                         **grounding_out(answer).model_dump(),
                     )
                 event = await slot.call(next, events, None)  # LLM reads off the pool

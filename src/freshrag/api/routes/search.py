@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 
 from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
@@ -12,7 +13,7 @@ from freshrag.api.consistency import wait_for_token
 from freshrag.api.deps import CallerDep, ServicesDep
 from freshrag.api.errors import invalid_input
 from freshrag.api.limits import LimitsDep
-from freshrag.api.retrieval import hit_out, index_info, search_filter
+from freshrag.api.retrieval import hit_out, index_info, read_watermark, search_filter
 from freshrag.api.schemas import SearchBody, SearchOut
 from freshrag.api.services import Services
 from freshrag.retrieve.search import SearchRequest
@@ -44,6 +45,8 @@ def run_search(body: SearchBody, caller: Caller, services: Services) -> SearchOu
         group=body.group,
     )
     generation = services.current()
+    watermark = read_watermark(services)  # before the query: every record below it was seen
+    retrieved_at = datetime.now(UTC)
     result = generation.searcher.search(req)
     elapsed = time.perf_counter() - started
     services.metrics.retrieval.observe(elapsed)
@@ -51,5 +54,11 @@ def run_search(body: SearchBody, caller: Caller, services: Services) -> SearchOu
         hits=[hit_out(h) for h in result.hits],
         mode=result.mode,
         took_ms=round(elapsed * 1000, 2),
-        index=index_info(services, [h.updated_at for h in result.hits], generation.name),
+        index=index_info(
+            services,
+            [h.updated_at for h in result.hits],
+            generation.name,
+            watermark=watermark,
+            retrieved_at=retrieved_at,
+        ),
     )
