@@ -11,10 +11,11 @@ manual of about 40 chunks at the default 200 tokens. Each change is a new versio
 - the full re-embed it is compared with: the same edited version written to an empty shard.
 Time is process + write of the one event (chunking, lookups, embedding, store calls).
 
-Revocation freshness (real Kafka, the real flow in-process on Edge, as `freshrag up`): a
-document readable by `user:bob` gets a new version whose `acl` drops him; the time from just
-before `produce()` until a dense query filtered on bob's principals no longer returns it
-(polled every 5 ms on the store, as the in-process API reads it).
+Revocation freshness (real Kafka, the real flow in-process on Edge, as `freshrag up`):
+`revocations` documents readable by `user:bob` are indexed first; then, one at a time, each gets
+a new version whose `acl` drops him; the time from just before `produce()` until a dense query
+filtered on bob's principals no longer returns it (polled every 5 ms on the store, as the
+in-process API reads it).
 """
 
 from __future__ import annotations
@@ -198,7 +199,7 @@ def revocation_freshness(bootstrap: str, revocations: int = 50) -> dict[str, Any
 
         def send(doc: str, version: int, users: list[str]) -> None:
             event = upsert_event(
-                doc, manual(2, seed=version), tenant="t", version=version, title=doc,
+                doc, manual(2, seed=int(doc[1:])), tenant="t", version=version, title=doc,
                 acl={"users": users},
             )  # fmt: skip
             key, value = encode_event(event)
@@ -217,20 +218,30 @@ def revocation_freshness(bootstrap: str, revocations: int = 50) -> dict[str, Any
                 time.sleep(0.005)
 
         try:
-            for i in range(revocations):
-                doc = f"d{i}"
+            docs = [f"d{i}" for i in range(revocations)]
+            for doc in docs:  # the documents exist, readable by bob, before any revocation
                 send(doc, 1, ["alice", "bob"])
-                wait(lambda doc=doc: visible(doc))  # type: ignore[misc]
+            for doc in docs:
+                wait(lambda doc=doc: visible(doc), timeout=600)  # type: ignore[misc]
+            time.sleep(1.0)
+            for doc in docs:
                 started = time.perf_counter()
                 send(doc, 2, ["alice"])
                 wait(lambda doc=doc: not visible(doc))  # type: ignore[misc]
                 latencies.append((time.perf_counter() - started) * 1000)
+                time.sleep(0.1)  # revocations arrive one at a time, not as a burst
+            patches = parts.metrics.registry.get_sample_value(
+                "freshrag_ingest_payload_patches_total"
+            )
+            if patches != len(docs):  # each revocation must be a patch, or this measures embeds
+                raise RuntimeError(f"{patches} payload patches for {len(docs)} revocations")
         finally:
             flow.stop()
             store.close()
             admin.delete_topics([topic, f"{topic}.dlq"])
     return {
         "revocations": len(latencies),
+        "payload_patches": len(latencies),
         "p50_ms": round(_percentile(latencies, 50), 1),
         "p99_ms": round(_percentile(latencies, 99), 1),
         "max_ms": round(max(latencies), 1),
