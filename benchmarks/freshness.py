@@ -13,7 +13,9 @@ bound; `poll_resolution_ms` is how far it can be from the lower bound (the reque
 which did not show it). An event not seen `visible_timeout_s` after its produce is counted in
 `not_visible`, never dropped. The server-side figure next to it is the flow's own histogram
 `freshrag_ingest_freshness_lag_seconds` (Kafka record timestamp -> written to the index),
-read from `/metrics` before and after each phase, quantiles interpolated within its buckets.
+read from `/metrics` before and after each phase, quantiles interpolated within its buckets;
+and `GET /v1/freshness`'s own percentiles over the phase's writes (`api_freshness`, the "API
+p50/p99" column), which should agree with the client's within its poll resolution.
 
 Then the levers, each on a fresh `freshrag up` at `lever_rate` (20 docs/s): the embedding
 batch's max wait (FRESHRAG_EMBED_MAX_WAIT_MS), its size (FRESHRAG_EMBED_BATCH_SIZE) and the
@@ -494,6 +496,7 @@ def rate_phase(
     try:
         before = server.metrics(http)
         cycles_before = len(tracker.cycle_s)
+        wall_started = time.time()
         started = time.monotonic()
         probes = producer.paced(tracker, docs, rate, duration_s, size)
         produce_s = time.monotonic() - started
@@ -503,6 +506,7 @@ def rate_phase(
         drain_s = caught_up(server, producer)
         time.sleep(0.3)  # the flow counts a write just after it is searchable
         after = server.metrics(http)
+        api = api_freshness(server, http, time.time() - wall_started)
     finally:
         http.close()
     cycles = tracker.cycle_s[cycles_before:]
@@ -514,9 +518,43 @@ def rate_phase(
         **latency_summary(probes),
         "poll_cycle_ms_p50": round(1000 * (percentile(cycles, 50) or 0), 1),
         "server_lag": histogram_delta(before, after),
+        "api_freshness": api,
         "backlog_before_s": backlog_s,
         "drain_after_s": drain_s,
         "load_average_1m": load_average(),
+    }
+
+
+def api_freshness(server: UpServer, http: httpx.Client, window_s: float) -> dict[str, Any]:
+    """What `GET /v1/freshness` says about the phase: the API's own produce → searchable
+    percentiles over the phase's writes (window_s: since the phase started; the flow had
+    caught up before it), its consumer lag and newest-write age. In ms, like the rest."""
+    try:
+        r = http.get(
+            f"{server.url}/v1/freshness",
+            params={"window_s": round(max(window_s, 0.001), 3)},
+            headers={"Authorization": f"Bearer {API_KEY}"},
+        )
+    except httpx.HTTPError as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    if r.status_code != 200:
+        return {"error": f"{r.status_code}: {r.text[:200]}"}
+    body = r.json()
+    lat = body.get("latency") or {}
+
+    def ms(v: Any) -> float | None:
+        return None if v is None else round(float(v) * 1000, 1)
+
+    return {
+        "count": lat.get("count"),
+        "p50_ms": ms(lat.get("p50_s")),
+        "p90_ms": ms(lat.get("p90_s")),
+        "p99_ms": ms(lat.get("p99_s")),
+        "max_ms": ms(lat.get("max_s")),
+        "lag_records": body.get("lag_records"),
+        "lag_ms": ms(body.get("lag_seconds")),
+        "newest_age_ms": ms(body.get("newest_indexed_age_s")),
+        "latency_source": body.get("latency_source"),
     }
 
 
@@ -670,6 +708,9 @@ def run(
             "percentiles": "pNN_ms over the visible events; pNN_ms_all over every produced "
             "event, one never seen within visible_timeout_s counting as infinitely late (None "
             "when the percentile falls on one); max_rate_p99_under_1s needs every event visible",
+            "api_freshness": "GET /v1/freshness?window_s=<since the phase started>: the API's "
+            "own produce -> searchable percentiles over the phase's writes (exact under "
+            "freshrag up), its consumer lag and newest-write age, read after the phase",
             "server_lag": f"{LAG_METRIC}: Kafka record timestamp -> written to the index "
             "(no search), over every event of the phase (read once the flow has an outcome for "
             "each, so late ones count too); quantiles interpolated within the histogram's buckets",
@@ -795,7 +836,8 @@ def print_tables(result: Mapping[str, Any]) -> None:
         return "-" if v is None else f"{v:,.0f}"
 
     t = Table(title=f"freshness: produce -> visible in /v1/search ({result['settings']['mode']})")
-    for col in ("rate", "p50", "p95", "p99", "max", "not visible", "server p50/p99", "poll res."):
+    columns = ("rate", "p50", "p95", "p99", "max", "not visible", "server p50/p99", "API p50/p99")
+    for col in (*columns, "poll res."):
         t.add_column(col, justify="right")
     for r in result["rates"]:
         t.add_row(
@@ -806,6 +848,7 @@ def print_tables(result: Mapping[str, Any]) -> None:
             ms(r["max_ms"]),
             f"{r['not_visible']}/{r['produced']}",
             f"{ms(r['server_lag']['p50_ms'])} / {ms(r['server_lag']['p99_ms'])}",
+            _api_cell(r.get("api_freshness") or {}),
             ms(r["poll_resolution_ms_p50"]),
         )
     console.print(t)
@@ -834,6 +877,13 @@ def print_tables(result: Mapping[str, Any]) -> None:
         f"start-up {result.get('startup_s')} s, peak RSS {result.get('peak_rss_mb')} MB, "
         f"wall {result['wall_s']} s"
     )
+
+
+def _api_cell(api: Mapping[str, Any]) -> str:
+    """GET /v1/freshness's p50 / p99 over the phase (its own measure, no polling)."""
+    if api.get("error") or api.get("p50_ms") is None:
+        return "-"
+    return f"{api['p50_ms']:,.0f} / {api['p99_ms']:,.0f}"
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -64,6 +64,7 @@ ROUTES = {
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/metrics"),
+    ("GET", "/v1/freshness"),
 }
 
 
@@ -206,7 +207,11 @@ def test_fuzz_every_route(api_url: str, mode: GenerationMode) -> None:
         ran[operation.label] = run_operation(operation, mode, examples, session)
     assert len(ran) == len(ROUTES), ran
     # operations with something to get wrong (a body or a bounded query parameter)
-    with_input = {k for k in ran if k.startswith(("POST", "DELETE")) or k == "GET /v1/documents"}
+    with_input = {
+        k
+        for k in ran
+        if k.startswith(("POST", "DELETE")) or k in ("GET /v1/documents", "GET /v1/freshness")
+    }
     if mode == GenerationMode.NEGATIVE:
         assert all(ran[k] >= 1 for k in with_input), sorted(ran.items())
     else:

@@ -50,6 +50,13 @@ def test_freshness_accounts_for_every_event(broker: str) -> None:
     assert row["server_lag"]["count"] == row["produced"]
     assert row["server_lag"]["mean_ms"] <= row["mean_ms"] + 1  # ms-rounded record timestamps
     assert row["poll_resolution_ms_p50"] is not None and row["poll_resolution_ms_p50"] > 0
+    # GET /v1/freshness under `freshrag up`: its own percentiles over exactly the phase's
+    # writes; without the search and the poll they are not above the client's (250 ms: the
+    # flow takes its clock once a batch is written, a little after its first write shows)
+    api = row["api_freshness"]
+    assert api["latency_source"] == "in_process" and api["count"] == row["produced"], api
+    assert 0 < api["p50_ms"] <= row["p50_ms"] + 250 and api["p99_ms"] <= row["p99_ms"] + 250
+    assert api["lag_records"] == 0 and api["newest_age_ms"] is not None
     assert result["max_rate_p99_under_1s"] in (None, 4)
     assert (result["max_rate_p99_under_1s"] == 4) == (row["p99_ms"] < 1000)
 

@@ -10,7 +10,6 @@ import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -23,10 +22,12 @@ from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
+from mcp.shared.exceptions import MCPError
 
 from freshrag.api.app import create_app
 from freshrag.api.services import build_services
 from freshrag.core.settings import Settings, load_settings
+from freshrag.ingest.runner import WatermarkPublisher
 from freshrag.retrieve.edge_store import EdgeStore
 from freshrag.retrieve.server_store import QdrantServerStore
 from tests.conftest import ROOT, free_port
@@ -35,6 +36,7 @@ from tests.integration.harness import ApiServer, RunningFlow
 pytestmark = [pytest.mark.integration, pytest.mark.kafka]
 
 KEY_A, KEY_B = "mcp-key-tenant-a-0123456789", "mcp-key-tenant-b-9876543210"
+KEY_ALICE = "mcp-key-alice-5555555555"
 TOOLS = {"search", "fetch_document", "upsert_document", "delete_document", "wait_for", "freshness"}
 # Unique words: a long document the chunker cuts into several overlapping chunks, whose text
 # fetch_document must give back word for word.
@@ -46,7 +48,7 @@ def _settings(kafka_bootstrap: str, topic: str, **extra: Any) -> Settings:
         kafka_bootstrap=kafka_bootstrap,
         topic=topic,
         dlq_topic=f"{topic}.dlq",
-        api_keys={KEY_A: "tenant-a", KEY_B: "tenant-b"},
+        api_keys={KEY_A: "tenant-a", KEY_B: "tenant-b", KEY_ALICE: "tenant-a|user:alice"},
         embed_max_wait_ms=50,
         metrics_port=0,
         max_document_bytes=40_000,
@@ -83,6 +85,13 @@ def failed(result: Any, status: int) -> dict[str, Any]:
     assert data["status"] == status, data
     assert {"type", "message"} <= set(data["error"]), data
     return dict(data["error"])
+
+
+def leaves(exc: BaseException) -> list[BaseException]:
+    """The exceptions inside (nested) exception groups, and their causes."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for e in exc.exceptions for leaf in leaves(e)]
+    return [exc, *(leaves(exc.__cause__) if exc.__cause__ is not None else [])]
 
 
 @asynccontextmanager
@@ -127,7 +136,10 @@ async def write_wait_search_fetch_delete(a: ClientSession, b: ClientSession) -> 
     hit = ok(
         await a.call_tool(
             "search",
-            {"query": "w5x" + str((5 * 7919) % 10007), "consistency_token": w2["consistency_token"]},
+            {
+                "query": "w5x" + str((5 * 7919) % 10007),
+                "consistency_token": w2["consistency_token"],
+            },
         )
     )
     assert any(h["doc_id"] == long_id for h in hit["hits"])
@@ -145,13 +157,19 @@ async def write_wait_search_fetch_delete(a: ClientSession, b: ClientSession) -> 
     assert d["op"] == "delete"
     after = ok(
         await a.call_tool(
-            "search", {"query": "teal quasar lighthouse", "consistency_token": d["consistency_token"]}
+            "search",
+            {"query": "teal quasar lighthouse", "consistency_token": d["consistency_token"]},
         )
     )
     assert all(h["doc_id"] != doc for h in after["hits"])
     failed(await a.call_tool("fetch_document", {"id": doc}), 404)
-    fresh = ok(await a.call_tool("freshness", {}))
-    assert fresh  # G's report; its figures are tested with GET /v1/freshness
+    # the GET /v1/freshness report (its figures are tested there): the caller's tenant, and a
+    # watermark past the delete just applied
+    fresh = ok(await a.call_tool("freshness", {"window_s": 60}))
+    assert fresh["tenant"] == "tenant-a"
+    marks = {p["partition"]: p["watermark"] for p in fresh["partitions"]}
+    assert marks[d["partition"]] > d["offset"]
+    failed(await a.call_tool("freshness", {"window_s": 0}), 422)
 
 
 # --- streamable HTTP ------------------------------------------------------------------------
@@ -171,7 +189,10 @@ def http_stack(
     store = EdgeStore(tmp / "index", settings.collection)
     store.ensure_collection()
     flow = RunningFlow(settings, store, embedder)
-    services = build_services(settings, store=store, embedder=embedder)
+    # the in-process flow's watermarks, as `freshrag up` wires them: tokens wait on these
+    services = build_services(
+        settings, store=store, embedder=embedder, watermarks=flow.parts.watermarks.snapshot
+    )
     app = create_app(settings, services)
     with flow, ApiServer(app, free_port()) as server:
         yield HttpStack(server.url, settings)
@@ -190,14 +211,43 @@ def test_http_write_wait_search_fetch_delete(http_stack: HttpStack) -> None:
     anyio.run(run)
 
 
-@pytest.mark.parametrize("key", [None, "not-a-key", ""])
+def test_http_document_permissions(http_stack: HttpStack) -> None:
+    """A document with an `acl` is readable through MCP only by a key holding one of its
+    principals: search and fetch_document of other keys of the tenant do not see it."""
+
+    async def run() -> None:
+        async with (
+            http_session(http_stack.url, KEY_A) as a,
+            http_session(http_stack.url, KEY_ALICE) as alice,
+        ):
+            doc = f"acl/{uuid.uuid4().hex[:8]}"
+            text = "Alice's private plan: the marmalade vault opens on Thursday."
+            w = ok(
+                await a.call_tool(
+                    "upsert_document", {"id": doc, "text": text, "acl": {"users": ["alice"]}}
+                )
+            )
+            ok(await a.call_tool("wait_for", {"token": w["consistency_token"]}))
+            assert ok(await alice.call_tool("fetch_document", {"id": doc}))["text"] == text
+            hits = ok(await alice.call_tool("search", {"query": "marmalade vault Thursday"}))
+            assert hits["hits"] and hits["hits"][0]["doc_id"] == doc
+            failed(await a.call_tool("fetch_document", {"id": doc}), 404)
+            hits = ok(await a.call_tool("search", {"query": "marmalade vault Thursday"}))
+            assert all(h["doc_id"] != doc for h in hits["hits"])
+
+    anyio.run(run)
+
+
+@pytest.mark.parametrize("key", [None, "not-a-key", KEY_A + "x"])
 def test_http_refuses_missing_or_wrong_key(http_stack: HttpStack, key: str | None) -> None:
     async def run() -> None:
         async with http_session(http_stack.url, key):
             pass
 
-    with pytest.raises(Exception):  # noqa: B017 - the SDK's own error for a 401
+    with pytest.raises(BaseException) as refused:  # the SDK's own error for the 401
         anyio.run(run)
+    # the SDK reports an HTTP error answer as an MCPError; the status is checked just below
+    assert any(isinstance(e, MCPError) for e in leaves(refused.value)), refused.value
     # what a plain HTTP client sees: the REST 401 body
     headers = {"Authorization": f"Bearer {key}"} if key is not None else {}
     r = httpx.post(
@@ -229,7 +279,9 @@ def test_http_bad_arguments_are_rest_errors(http_stack: HttpStack) -> None:
             assert e["field"] == "consistency_token"
             e = failed(await a.call_tool("wait_for", {"token": "0:1", "timeout_s": -1}), 422)
             assert e["field"] == "timeout_s"
-            e = failed(await a.call_tool("wait_for", {"token": "0:999999999", "timeout_s": 0.3}), 504)
+            e = failed(
+                await a.call_tool("wait_for", {"token": "0:999999999", "timeout_s": 0.3}), 504
+            )
             assert e["type"] == "consistency_timeout" and "watermark" in e
             e = failed(await a.call_tool("fetch_document", {"id": ""}), 422)
             assert e["field"] == "id"
@@ -250,18 +302,22 @@ def portal_session(http_stack: HttpStack) -> Iterator[tuple[BlockingPortal, Clie
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=40),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
     max_leaves=8,
 )
 FIELDS = st.sampled_from(
-    ["query", "top_k", "filters", "fresh", "mode", "consistency_token", "id", "version", "token",
-     "timeout_s", "idempotency_key", "text", "dedupe"]
+    "query top_k filters fresh mode consistency_token id version token timeout_s "
+    "idempotency_key text dedupe title metadata content_type acl updated_at".split()
 )
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
 @given(
-    tool=st.sampled_from(["search", "fetch_document", "delete_document", "wait_for", "freshness"]),
+    tool=st.sampled_from(
+        ["search", "fetch_document", "upsert_document", "delete_document", "wait_for", "freshness"]
+    ),
     args=st.dictionaries(FIELDS, JSON, max_size=4),
 )
 def test_fuzzed_arguments_give_tool_errors_not_crashes(
@@ -278,6 +334,35 @@ def test_fuzzed_arguments_give_tool_errors_not_crashes(
 
 
 # --- stdio ----------------------------------------------------------------------------------
+
+
+def test_stdio_on_a_held_edge_shard_says_what_to_do(tmp_path: Any) -> None:
+    """`freshrag mcp` over an Edge shard another process holds: a clear error, exit 2."""
+    import subprocess
+
+    store = EdgeStore(tmp_path / "index", "freshrag")
+    store.ensure_collection()  # this test holds the shard lock, as `freshrag up` would
+    try:
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("FRESHRAG_", "QDRANT_"))},
+            "FRESHRAG_INDEX_PATH": str(tmp_path / "index"),
+            "FRESHRAG_API_KEYS": f"{KEY_A}=tenant-a",
+            "FRESHRAG_MCP_API_KEY": KEY_A,
+        }
+        done = subprocess.run(
+            [sys.executable, "-m", "freshrag.cli", "mcp"],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            stdin=subprocess.DEVNULL,
+        )
+    finally:
+        store.close()
+    assert done.returncode == 2, done.stderr
+    assert "Qdrant server" in done.stderr and "/mcp" in done.stderr
+    assert KEY_A not in done.stderr
 
 
 def test_stdio_write_wait_search_fetch_delete(
@@ -330,9 +415,17 @@ def test_stdio_write_wait_search_fetch_delete(
         async with stdio_session(KEY_A) as a, stdio_session(KEY_B) as b:
             await write_wait_search_fetch_delete(a, b)
 
+    flow = RunningFlow(settings, store, embedder)
+    # what `freshrag ingest` does: publish the indexed watermarks through the store, where the
+    # stdio server's `wait_for` and consistency tokens read them
+    publisher = WatermarkPublisher(store, settings.topic, flow.parts.watermarks.snapshot)
     try:
-        with RunningFlow(settings, store, embedder):
-            anyio.run(run)
+        with flow:
+            publisher.start()
+            try:
+                anyio.run(run)
+            finally:
+                publisher.stop()
     finally:
         store.close()
 
@@ -350,4 +443,3 @@ def test_stdio_write_wait_search_fetch_delete(
     )
     assert bad.returncode == 2 and "FRESHRAG_MCP_API_KEY" in bad.stderr
     assert "wrong-key-123" not in bad.stderr
-    assert Path(ROOT).exists()

@@ -165,7 +165,9 @@ def test_published_channel_round_trips_through_a_merging_store(
         }
         for tenant in ("acme", "globex", "initech"):
             newest = window.newest(tenant)
-            assert view.newest.get(tenant) == (None if newest is None else int(newest * 1000) / 1000)
+            assert view.newest.get(tenant) == (
+                None if newest is None else int(newest * 1000) / 1000
+            )
         now += 60.0  # older samples leave the 100 s window two rounds later
     # long after: every group aged out, and the next publish zeroes what is left
     later = now + 1000.0
@@ -184,16 +186,41 @@ def test_snapshot_is_recomputed_at_most_every_publish_interval() -> None:
 
 def test_a_stopped_publisher_ages_out_and_bad_keys_are_ignored() -> None:
     channel = {
-        "acme|0|at": 1_000_000,
-        "acme|0|b10": 3,
-        "acme|1|at": 1_290_000,
-        "acme|1|b20": 2,
-        "acme|newest": 1_290_000,
-        "acme|x|b1": 5,
-        "acme|1|bz": 5,
+        "acme|0|0|at": 1_000_000,
+        "acme|0|0|b10": 3,
+        "acme|1|0|at": 1_290_000,
+        "acme|1|0|b20": 2,
+        "acme|1|1|b20": 7,  # no `at`: never counted
+        "acme|newest|0": 1_290_000,
+        "acme|newest|1": 1_100_000,
+        "acme|x|0|b1": 5,
+        "acme|1|0|bz": 5,
         "junk": 1,
-        "a|b|c|d": 1,
+        "a|b|c|d|e": 1,
     }
     view = read_channel(channel, now=1_300.0, window_s=100.0)
     assert {g: b.counts for g, b in view.buckets.items()} == {("acme", 1): {20: 2}}
-    assert view.newest == {"acme": 1290.0}
+    assert view.newest == {"acme": 1290.0}  # the newest of any process
+
+
+@settings(max_examples=40)
+@given(
+    st.lists(st.tuples(st.integers(0, 2), st.integers(0, 1), st.floats(0.0011, 30.0)), max_size=60)
+)
+def test_processes_publishing_one_partition_add_up(
+    samples: list[tuple[int, int, float]],
+) -> None:
+    """In a cluster the writer of a record observes it, so several processes observe one
+    partition: each publishes under its own source and the reader adds them up exactly."""
+    now = 1_700_000_000.0
+    windows = [LatencyWindow() for _ in range(3)]
+    for process, partition, latency in samples:
+        windows[process].observe("acme", partition, latency, now)
+    store: dict[str, int] = {}
+    for i, w in enumerate(windows):
+        store.update(w.channel_snapshot(now, source=str(i)))
+    view = read_channel(store, now)
+    for partition in (0, 1):
+        values = [lat for _p, part, lat in samples if part == partition]
+        got = view.buckets.get(("acme", partition), Buckets())
+        assert got.counts == Buckets.of(values).counts

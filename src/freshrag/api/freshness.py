@@ -157,9 +157,12 @@ class KafkaOffsets:
                     "enable.auto.offset.store": False,
                     "socket.timeout.ms": max(1000, int(self.timeout_s * 1000)),
                     "max.partition.fetch.bytes": 1024,  # one record's timestamp is all we read
-                    "fetch.max.bytes": 1024,
                     "queued.max.messages.kbytes": 1024,
                     "enable.partition.eof": False,
+                    # a broker that is down: a few reconnects (and log lines) per question
+                    "reconnect.backoff.ms": 250,
+                    "reconnect.backoff.max.ms": 1000,
+                    "log.connection.close": False,
                     "log_level": 3,
                 }
             )
@@ -181,6 +184,7 @@ class KafkaOffsets:
             except Exception as exc:  # KafkaException, a timeout: report it, never raise
                 self._view = KafkaView(error=f"Kafka at {self.bootstrap}: {exc}"[:300])
                 log.debug("freshness: Kafka not answering: %s", exc)
+                self._drop()  # no client left reconnecting in the background until asked again
             self._view.at = time.time()
             self._asked = time.monotonic()
             self._key = key
@@ -245,6 +249,14 @@ class KafkaOffsets:
         finally:
             consumer.unassign()
         return out
+
+    def _drop(self) -> None:
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            try:
+                consumer.close()
+            except Exception:  # a client that never connected: nothing to release
+                log.debug("closing the freshness consumer failed", exc_info=True)
 
     def close(self) -> None:
         with self._lock:
@@ -335,9 +347,12 @@ def _ts(epoch_s: float | None) -> datetime | None:
     return None if epoch_s is None else datetime.fromtimestamp(epoch_s, tz=UTC)
 
 
-def freshness_report(services: Services, caller: Caller) -> FreshnessOut:
+def freshness_report(
+    services: Services, caller: Caller, window_s: float | None = None
+) -> FreshnessOut:
     """The caller's view of how fresh the index is (blocking: up to KAFKA_TIMEOUT_S on Kafka;
-    call it off the event loop)."""
+    call it off the event loop). `window_s` narrows the latency window (at most WINDOW_S; only
+    the in-process window can be narrowed, a published one covers WINDOW_S)."""
     state = state_of(services)
     tenant = caller.tenant
     now = time.time()
@@ -349,11 +364,12 @@ def freshness_report(services: Services, caller: Caller) -> FreshnessOut:
     per_partition: dict[int, LatencyStats] = {}
     if window is not None:
         source = "in_process"
-        overall = window.stats(now, tenant)
+        span = window.window_s if window_s is None else min(window_s, window.window_s)
+        overall = window.stats(now, tenant, since=now - span)
         for p in window.partitions(now, tenant):
-            per_partition[p] = window.stats(now, tenant, p)
+            per_partition[p] = window.stats(now, tenant, p, since=now - span)
         newest = window.newest(tenant)
-        window_s = window.window_s
+        window_s = span
     else:
         published = state.published.view(now)
         mine = {p: b for (t, p), b in published.buckets.items() if t == tenant}

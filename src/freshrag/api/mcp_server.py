@@ -16,7 +16,6 @@ A tool that fails answers an MCP tool error (`isError`) whose text and structure
 from __future__ import annotations
 
 import json
-import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -47,9 +46,8 @@ from freshrag.api.routes import documents as document_routes
 from freshrag.api.routes import search as search_route
 from freshrag.api.schemas import DocumentBody, SearchBody
 from freshrag.api.services import Services
+from freshrag.ingest.searchable import WINDOW_S
 from freshrag.retrieve.contract import DENSE_DIM, SearchFilter, Store
-
-log = logging.getLogger("freshrag.mcp")
 
 MCP_PATH = "/mcp"
 API_KEY_ENV = "FRESHRAG_MCP_API_KEY"
@@ -135,6 +133,8 @@ def stdio_caller(settings: Any, environ: Mapping[str, str]) -> Caller:
     """The caller of a stdio server: `FRESHRAG_MCP_API_KEY` resolved like a bearer key.
     Raises Unauthorized (whose message never holds the key)."""
     key = environ.get(API_KEY_ENV, "")
+    if not key and settings.auth_enabled:
+        raise Unauthorized("not set (give it one of the FRESHRAG_API_KEYS keys)")
     return resolve_caller(
         f"Bearer {key}" if key else None, settings.api_keys, settings.auth_enabled
     )
@@ -261,6 +261,14 @@ class IdempotencyArgs(BaseModel):
 
 class FreshnessArgs(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
+
+    window_s: float | None = Field(
+        None,
+        gt=0,
+        le=WINDOW_S,
+        description=f"latency percentiles over the last window_s seconds (default and most: "
+        f"{int(WINDOW_S)})",
+    )
 
 
 def _upsert_schema() -> dict[str, Any]:
@@ -551,9 +559,10 @@ def _freshness_tool(backend: Backend) -> tuple[Callable[..., Any], str, dict[str
 
     async def freshness(ctx: Context[Any, Any]) -> CallToolResult:
         async def work() -> dict[str, Any]:
-            FreshnessArgs.model_validate(_arguments(ctx))
+            args = FreshnessArgs.model_validate(_arguments(ctx))
             caller = await backend.caller(ctx)
-            out = await run_in_threadpool(freshness_report, backend.services(), caller)
+            services = backend.services()
+            out = await run_in_threadpool(freshness_report, services, caller, args.window_s)
             return out.model_dump(mode="json")
 
         return await _answer(work)

@@ -49,7 +49,8 @@ def hit_out(hit: SearchHit) -> HitOut:
 def read_watermark(services: Services) -> dict[str, int]:
     """The indexed watermarks now: read it BEFORE a query, so every record below it is one
     the query could see (the flow only moves it forward after a write is searchable)."""
-    return services.watermarks() if services.watermarks is not None else {}
+    watermarks = getattr(services, "watermarks", None)  # absent on stand-ins for Services
+    return watermarks() if watermarks is not None else {}
 
 
 def index_info(

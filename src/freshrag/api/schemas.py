@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
@@ -45,6 +46,18 @@ MAX_FILTER_STRING = 1_000
 # field; models set strict=True). Datetimes opt out per field: JSON carries ISO 8601 strings.
 
 MetaValue = str | int | float | bool
+
+
+def _iso_string(value: Any) -> Any:
+    """A date-time field takes an ISO 8601 string (the schema's `format: date-time`); lax
+    datetime parsing alone would also take a number as a Unix time."""
+    if value is not None and not isinstance(value, str | datetime):
+        raise ValueError("expected an ISO 8601 date-time string")
+    return value
+
+
+# Datetimes opt out of strict mode (JSON carries them as strings), but only strings qualify.
+IsoDateTime = Annotated[datetime, BeforeValidator(_iso_string)]
 
 
 def _metadata_key(key: str) -> str:
@@ -93,8 +106,8 @@ class Filters(BaseModel):
     metadata_any: dict[MetadataKey, AnyStrings | AnyInts] = Field(
         default_factory=dict, max_length=20, json_schema_extra={"additionalProperties": False}
     )
-    updated_after: datetime | None = Field(None, strict=False)  # ISO 8601 strings
-    updated_before: datetime | None = Field(None, strict=False)
+    updated_after: IsoDateTime | None = Field(None, strict=False)  # ISO 8601 strings
+    updated_before: IsoDateTime | None = Field(None, strict=False)
     doc_ids: list[Annotated[str, StringConstraints(min_length=1, max_length=512)]] | None = Field(
         None, max_length=MAX_FILTER_VALUES
     )
@@ -306,7 +319,7 @@ class DocumentBody(BaseModel):
     source: str | None = Field("api", max_length=256)
     metadata: dict[str, MetaValue | list[MetaValue]] = Field(default_factory=dict, max_length=50)
     version: int | None = Field(None, ge=0, le=MAX_VERSION)
-    updated_at: datetime | None = Field(None, strict=False)  # ISO 8601 strings
+    updated_at: IsoDateTime | None = Field(None, strict=False)  # ISO 8601 strings
     content_type: str | None = Field(
         None,
         max_length=MAX_CONTENT_TYPE_CHARS,

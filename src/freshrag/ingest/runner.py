@@ -280,7 +280,7 @@ def run_ingest(settings: Settings, opts: IngestOptions) -> None:
     latency = WatermarkPublisher(  # produce → searchable window, for GET /v1/freshness
         store,
         freshness_channel(settings.topic),
-        lambda: metrics.searchable.channel_snapshot(time.time()),
+        lambda: metrics.searchable.channel_snapshot(time.time(), str(opts.process_id or 0)),
     )
     peers = _peer_watch(settings, opts, store, stop)
     try:

@@ -6,14 +6,17 @@ timestamp (when it was produced) to the write (from then on a search finds it). 
 
 Separate API processes (`freshrag serve` replicas) cannot read the flow's memory, so the window
 is also published through the store like the watermarks: a flat `{str: int}` channel
-(`channel_snapshot`) of log-spaced bucket counts per (tenant, partition), mergeable across
-ingest processes (each publishes the partitions it reads), plus each tenant's newest write.
-`read_channel` turns it back into `Buckets`, whose percentiles are within half a bucket
-(±`BUCKET_RATIO`/2, i.e. ±2.5 %) of the exact ones.
+(`channel_snapshot`) of log-spaced bucket counts per (tenant, partition) and publishing process,
+plus each tenant's newest write. In a cluster the process that writes a record (the owner of
+its document) observes it, so several processes observe one partition: each publishes under its
+own `source` (its stable process id) and `read_channel` adds them up (bucket counts merge
+exactly). Its percentiles are within half a bucket (±`BUCKET_RATIO`/2, i.e. ±2.5 %) of the
+exact ones.
 
-Channel keys: ``<tenant>|<partition>|b<i>`` (samples in bucket i), ``<tenant>|<partition>|at``
-(epoch ms of the publishing snapshot) and ``<tenant>|newest`` (epoch ms of the tenant's newest
-write). A tenant never holds ``|`` (API key grants use it as their separator).
+Channel keys: ``<tenant>|<partition>|<source>|b<i>`` (samples in bucket i),
+``<tenant>|<partition>|<source>|at`` (epoch ms of the publishing snapshot) and
+``<tenant>|newest|<source>`` (epoch ms of the tenant's newest write). A tenant never holds
+``|`` (API key grants use it as their separator).
 """
 
 from __future__ import annotations
@@ -180,20 +183,30 @@ class LatencyWindow:
             return [s for s in self._samples if s.at <= now]
 
     def samples(
-        self, now: float, tenant: str | None = None, partition: int | None = None
+        self,
+        now: float,
+        tenant: str | None = None,
+        partition: int | None = None,
+        since: float | None = None,
     ) -> list[float]:
-        """The latencies in the window, of one tenant and/or partition (None: all)."""
+        """The latencies in the window (or written at or after `since`), of one tenant and/or
+        partition (None: all)."""
         return [
             s.latency
             for s in self._recent(now)
             if (tenant is None or s.tenant == tenant)
             and (partition is None or s.partition == partition)
+            and (since is None or s.at >= since)
         ]
 
     def stats(
-        self, now: float, tenant: str | None = None, partition: int | None = None
+        self,
+        now: float,
+        tenant: str | None = None,
+        partition: int | None = None,
+        since: float | None = None,
     ) -> LatencyStats:
-        return LatencyStats.of(self.samples(now, tenant, partition))
+        return LatencyStats.of(self.samples(now, tenant, partition, since))
 
     def partitions(self, now: float, tenant: str | None = None) -> list[int]:
         return sorted(
@@ -205,8 +218,9 @@ class LatencyWindow:
         with self._lock:
             return self._newest.get(tenant)
 
-    def channel_snapshot(self, now: float) -> dict[str, int]:
-        """The window as a `{str: int}` channel for the store (see the module doc). Buckets
+    def channel_snapshot(self, now: float, source: str = "0") -> dict[str, int]:
+        """The window as a `{str: int}` channel for the store (see the module doc), published
+        by `source` (a stable id of the publishing process, without `|`). Buckets
         that emptied since the last snapshot are sent as 0, because the store merges key by
         key. Recomputed at most every PUBLISH_EVERY_S; otherwise the previous one is returned
         (a publisher polling it then sees no change)."""
@@ -218,12 +232,12 @@ class LatencyWindow:
         out: dict[str, int] = {}
         at_ms = int(now * 1000)
         for (tenant, partition), values in grouped.items():
-            out[f"{tenant}|{partition}|at"] = at_ms
+            out[f"{tenant}|{partition}|{source}|at"] = at_ms
             for i, n in Buckets.of(values).counts.items():
-                out[f"{tenant}|{partition}|b{i}"] = n
+                out[f"{tenant}|{partition}|{source}|b{i}"] = n
         with self._lock:
             for tenant, at in self._newest.items():
-                out[f"{tenant}|newest"] = int(at * 1000)
+                out[f"{tenant}|newest|{source}"] = int(at * 1000)
         for gone in self._published - out.keys():
             out[gone] = 0
         self._published = {k for k, v in out.items() if v != 0}
@@ -232,33 +246,35 @@ class LatencyWindow:
 
 
 def read_channel(channel: Mapping[str, int], now: float, window_s: float = WINDOW_S) -> ChannelView:
-    """Parse a published channel; groups whose snapshot is older than the window are left out
-    (their publisher stopped: its samples have aged out). Malformed keys are ignored."""
-    at: dict[tuple[str, int], float] = {}
-    counts: dict[tuple[str, int], dict[int, int]] = {}
+    """Parse a published channel, adding up the publishing processes; a process's groups whose
+    snapshot is older than the window are left out (it stopped: its samples have aged out).
+    Malformed keys are ignored."""
+    at: dict[tuple[str, int, str], float] = {}
+    counts: dict[tuple[str, int, str], dict[int, int]] = {}
     newest: dict[str, float] = {}
     for key, value in channel.items():
         parts = key.split("|")
-        if len(parts) == 2 and parts[1] == "newest":
+        if len(parts) == 3 and parts[1] == "newest":
             if value > 0:
-                newest[parts[0]] = value / 1000.0
+                newest[parts[0]] = max(newest.get(parts[0], 0.0), value / 1000.0)
             continue
-        if len(parts) != 3:
+        if len(parts) != 4:
             continue
-        tenant, part, what = parts
+        tenant, part, source, what = parts
         try:
             partition = int(part)
         except ValueError:
             continue
         if what == "at":
-            at[(tenant, partition)] = value / 1000.0
+            at[(tenant, partition, source)] = value / 1000.0
         elif what.startswith("b") and what[1:].isdigit() and value > 0:
-            counts.setdefault((tenant, partition), {})[int(what[1:])] = value
-    buckets = {
-        group: Buckets(c)
-        for group, c in counts.items()
-        if group in at and now - at[group] <= window_s
-    }
+            counts.setdefault((tenant, partition, source), {})[int(what[1:])] = value
+    buckets: dict[tuple[str, int], Buckets] = {}
+    for (tenant, partition, source), c in counts.items():
+        published = at.get((tenant, partition, source))
+        if published is not None and now - published <= window_s:
+            group = (tenant, partition)
+            buckets[group] = buckets.get(group, Buckets()) + Buckets(c)
     return ChannelView(buckets, newest)
 
 
