@@ -730,6 +730,8 @@ def reindex(
         f"previous: {outcome.previous} (roll back: freshrag index switch {outcome.previous})"
     )
     console.print(f"source: {outcome.source} ({outcome.note})")
+    if outcome.resumed_at:
+        console.print(f"resumed: {outcome.resumed_at} records were indexed by an earlier run")
 
 
 index_app = typer.Typer(help="Index generations: list them, switch readers between them.")

@@ -57,6 +57,7 @@ class ReindexOutcome:
     points: int
     quality: dict[str, float] = field(default_factory=dict)
     note: str = ""
+    resumed_at: int = 0  # records the generation had indexed when this run started
 
 
 def lag(ends: Mapping[int, int], watermarks: Mapping[str, int]) -> int:
@@ -246,6 +247,7 @@ def run_reindex(
             store, run_opts, name = open_index_writer(settings, embedder, opts, target)
         except IngestConfigError as exc:
             raise ReindexError(str(exc)) from None
+        resumed_at = sum(store.load_watermarks(settings.topic).values())
         source, note = _copy_payloads(settings, previous, old, manifest, store, embedder, progress)
         parts = FlowParts(
             settings, store, embedder, Bm25Encoder(), IngestMetrics(), stop, workers=opts.workers
@@ -298,6 +300,7 @@ def run_reindex(
             points=points,
             quality=quality,
             note=note,
+            resumed_at=resumed_at,
         )
     finally:
         catalog.close()
