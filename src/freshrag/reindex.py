@@ -27,7 +27,7 @@ from freshrag.core.sparse import Bm25Encoder
 from freshrag.ingest.flow import FlowParts, build_flow
 from freshrag.ingest.metrics import IngestMetrics
 from freshrag.ingest.runner import FlowThread, IngestConfigError, IngestOptions, open_index_writer
-from freshrag.retrieve.contract import ChunkPoint, SparseVector, Store
+from freshrag.retrieve.contract import EVERYONE, ChunkPoint, SparseVector, Store, text_hash
 from freshrag.retrieve.generations import IndexManifest, differences, generation_name, manifest_for
 from freshrag.retrieve.stores import open_catalog
 
@@ -77,9 +77,10 @@ def payload_source_reason(old: IndexManifest | None, new: IndexManifest) -> str 
 
 
 def chunk_point_from_payload(
-    payload: Mapping[str, Any], dense: Sequence[float], sparse: SparseVector
+    payload: Mapping[str, Any], dense: Sequence[float], sparse: SparseVector, chunk_hash: str
 ) -> ChunkPoint:
-    """The stored point again, with new vectors (payload fields kept as they are)."""
+    """The stored point again, with new vectors and the chunk hash of the new build (every
+    other payload field kept as it is)."""
     from freshrag.retrieve.ranking import parse_timestamp
 
     def when(key: str) -> datetime:
@@ -105,7 +106,17 @@ def chunk_point_from_payload(
         topic=str(payload.get("topic", "")),
         partition=int(payload.get("partition", -1)),
         offset=int(payload.get("offset", -1)),
+        acl=_stored_acl(payload.get("acl")),
+        chunk_hash=chunk_hash,
+        content_hash=str(payload.get("content_hash") or ""),
     )
+
+
+def _stored_acl(value: Any) -> tuple[str, ...] | None:
+    """The `ChunkPoint.acl` that stores `value` again (absent or [EVERYONE]: None)."""
+    if not isinstance(value, list) or value == [EVERYONE]:
+        return None
+    return tuple(str(v) for v in value)
 
 
 def reembed_payloads(
@@ -114,6 +125,7 @@ def reembed_payloads(
     embedder: Any,
     bm25: Any,
     *,
+    fingerprint: str,
     batch: int = REEMBED_BATCH,
     progress: Callable[[int, int], None] | None = None,
 ) -> int:
@@ -134,7 +146,10 @@ def reembed_payloads(
         dense = embedder.embed_documents(texts)
         sparse = bm25.embed_documents(texts)
         target.upsert_chunks(
-            [chunk_point_from_payload(p, d, s) for p, d, s in zip(page, dense, sparse, strict=True)]
+            [
+                chunk_point_from_payload(p, d, s, text_hash(fingerprint, t))
+                for p, t, d, s in zip(page, texts, dense, sparse, strict=True)
+            ]
         )
         done += len(page)
         if progress is not None:
@@ -331,7 +346,9 @@ def _copy_payloads(
     except Exception as exc:  # an Edge shard held by `freshrag up`, say
         return SOURCE_TOPIC, f"the serving generation cannot be opened here ({exc})"
     try:
-        copied = reembed_payloads(source, target, embedder, Bm25Encoder(), progress=progress)
+        copied = reembed_payloads(
+            source, target, embedder, Bm25Encoder(), fingerprint=new.fingerprint, progress=progress
+        )
     finally:
         source.close()
     log.info("re-index: re-embedded %d stored chunks of %s", copied, previous)

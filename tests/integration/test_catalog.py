@@ -149,6 +149,7 @@ def test_reembedding_payloads_reproduces_what_ingest_wrote(tmp_path: Path, embed
             text=text,
             updated_at=datetime(2025, 5, 1, tzinfo=UTC),
             origin=RecordOrigin("documents", 0, i, 0),
+            acl=("user:ann",) if i == 1 else None,
         )
         for i, (title, text) in enumerate(
             [
@@ -163,11 +164,19 @@ def test_reembedding_payloads_reproduces_what_ingest_wrote(tmp_path: Path, embed
     ]
     try:
         apply_writes(source, indexer.process(docs).writes)
-        copied = reembed_payloads(source, target, embedder, bm25, batch=7)
+        copied = reembed_payloads(source, target, embedder, bm25, fingerprint="", batch=7)
         assert copied == source.count() == target.count() > 10
         src = {p["doc_id"] + str(p["chunk_index"]): p for p in source.scroll_payloads()}
         dst = {p["doc_id"] + str(p["chunk_index"]): p for p in target.scroll_payloads()}
-        assert src == dst  # every payload field kept as it was
+        assert src == dst  # every payload field kept as it was (the same build: same hashes)
+        assert {tuple(p["acl"]) for p in dst.values()} == {("*",), ("user:ann",)}
+        other = EdgeStore(tmp_path, "other")
+        reembed_payloads(source, other, embedder, bm25, fingerprint="another-build")
+        moved = {p["doc_id"] + str(p["chunk_index"]): p for p in other.scroll_payloads()}
+        other.close()
+        for key, p in src.items():  # another build: only the chunk hash changes
+            assert moved[key]["chunk_hash"] != p["chunk_hash"]
+            assert {**moved[key], "chunk_hash": ""} == {**p, "chunk_hash": ""}
         flt = SearchFilter(tenant="t")
         for probe in ("replace the seals", "plain text", "no title"):
             vec = embedder.embed_query(probe)

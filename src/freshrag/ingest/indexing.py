@@ -176,8 +176,10 @@ class DocumentIndexer:
         self.fingerprint = fingerprint
 
     def content_hash(self, event: Upsert) -> str:
-        """What decides the chunks and their vectors: the title and the text (and the build)."""
-        return text_hash(self.fingerprint, event.title, event.text)
+        """What decides the chunks and their vectors: the title and the text. The build needs
+        no part in it: a generation holds one build only (other writers are refused), and a
+        re-index that re-embeds stored chunks can carry it over without the document's text."""
+        return text_hash(event.title, event.text)
 
     def chunk_hash(self, text: str) -> str:
         return text_hash(self.fingerprint, text)

@@ -91,6 +91,7 @@ class ChunkPoint:
     # unchanged chunk are reused by the next version; "" when unknown
     chunk_hash: str = ""
     # hash of the document's title + text: a new version with the same one only patches payloads
+    # (no build fingerprint: one generation holds one build)
     content_hash: str = ""
 
     @property
