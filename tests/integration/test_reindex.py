@@ -100,12 +100,14 @@ def test_reindex_switches_chunk_size_without_a_failed_search_and_rolls_back(
     up: UpProcess, tmp_path: Path
 ) -> None:
     http = httpx.Client(base_url=up.url, headers=AUTH, timeout=60)
-    token = ""
-    for i in range(6):
-        token = http.post("/v1/documents", json=document(i, "thorium")).json()["consistency_token"]
-    first = http.post(
-        "/v1/search", json={"query": "thorium reactor", "top_k": 50, "consistency_token": token}
-    ).json()
+    tokens = [
+        http.post("/v1/documents", json=document(i, "thorium")).json()["consistency_token"]
+        for i in range(6)
+    ]
+    for token in tokens:  # a token covers its own partition: wait for each write
+        first = http.post(
+            "/v1/search", json={"query": "thorium reactor", "top_k": 50, "consistency_token": token}
+        ).json()
     old_generation = first["index"]["generation"]
     assert old_generation == "freshrag"
     old_chunks = {h["doc_id"] for h in first["hits"]}
