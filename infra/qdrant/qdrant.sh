@@ -99,6 +99,11 @@ port_open() {
 
 node_dir() { echo "$DIR/node$1"; }
 
+log_size() {
+  local f="$1/qdrant.log"
+  if [[ -f "$f" ]]; then wc -c < "$f"; else echo 0; fi
+}
+
 running() {
   local pidfile; pidfile="$(node_dir "$1")/qdrant.pid"
   [[ -f "$pidfile" ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null
@@ -149,6 +154,7 @@ start_node() {
       args+=(--bootstrap "http://127.0.0.1:$(( $(http_port 1) + 2 ))")
     fi
   fi
+  log_size "$nd" > "$nd/qdrant.logpos"  # where this start's log lines begin
   # cwd is the node directory: the server's ./config lookup finds nothing there.
   (cd "$nd"
    env "${envs[@]}" nohup "$bin" "${args[@]}" >>"$nd/qdrant.log" 2>&1 </dev/null &
@@ -157,8 +163,9 @@ start_node() {
 }
 
 wait_ready() {
-  local i="$1" bin="$2" nd http waited=0 retries=0
+  local i="$1" bin="$2" nd http waited=0 retries=0 logpos
   nd="$(node_dir "$i")"; http="$(http_port "$i")"
+  logpos="$(cat "$nd/qdrant.logpos" 2>/dev/null || echo 0)"  # this start's first log byte
   until ready "$http"; do
     if ! running "$i" && (( retries < 45 )) \
        && tail -n 30 "$nd/qdrant.log" | grep -q "Address already in use"; then
@@ -166,6 +173,19 @@ wait_ready() {
       # TIME_WAIT for up to a minute, and the server binds without SO_REUSEADDR. Retry.
       retries=$((retries + 1)); sleep 2
       start_node "$i" "$bin"
+      logpos="$(cat "$nd/qdrant.logpos")"
+      continue
+    fi
+    if running "$i" && (( retries < 45 )) && tail -c "+$((logpos + 1))" "$nd/qdrant.log" \
+       | grep -q "Error while starting REST server: Address already in use"; then
+      # The same, when only the REST port was taken: the server goes on with gRPC alone and
+      # never answers /readyz. Stop it and start again.
+      kill "$(cat "$nd/qdrant.pid")" 2>/dev/null || true
+      for _ in $(seq 50); do running "$i" || break; sleep 0.1; done
+      running "$i" && { kill -9 "$(cat "$nd/qdrant.pid")" 2>/dev/null || true; }
+      retries=$((retries + 1)); sleep 2
+      start_node "$i" "$bin"
+      logpos="$(cat "$nd/qdrant.logpos")"
       continue
     fi
     if ! running "$i"; then
