@@ -44,7 +44,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import numpy as np
 import openai
@@ -59,6 +59,7 @@ from freshrag.core.embed_backends import (
     _max_seq_length,
     _offline,
 )
+from freshrag.core.urls import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -89,17 +90,6 @@ def _http_errors(name: str) -> tuple[type[Exception], ...]:
 # their transport errors unwrapped.
 TRANSPORT_ERRORS: tuple[type[Exception], ...] = _http_errors("httpx") + _http_errors("httpx2")
 CONNECTION_ERRORS: tuple[type[Exception], ...] = (openai.APIConnectionError, *TRANSPORT_ERRORS)
-
-
-def redact_url(url: str) -> str:
-    """Base URL without user:password, safe to log and to show in errors."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
 
 
 def endpoint_identity(base_url: str, model: str) -> str:

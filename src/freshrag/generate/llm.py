@@ -24,7 +24,6 @@ import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, cast
-from urllib.parse import urlsplit, urlunsplit
 
 import openai
 from openai import OpenAI
@@ -37,6 +36,7 @@ from tenacity import (
     wait_exponential,
 )
 
+from freshrag.core.urls import redact_url
 from freshrag.generate.prompt import ChatMessage
 
 if TYPE_CHECKING:
@@ -100,17 +100,6 @@ class Completion:
     usage: Usage | None = None
     finish_reason: str | None = None
     model: str | None = None
-
-
-def redact_url(url: str) -> str:
-    """Base URL without user:password, safe to log and to show in errors."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
 
 
 def is_transient(exc: BaseException) -> bool:
