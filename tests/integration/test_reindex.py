@@ -195,13 +195,21 @@ def test_a_killed_reindex_resumes_and_the_result_verifies_clean(
     import signal
 
     http = httpx.Client(base_url=up.url, headers=AUTH, timeout=60)
-    token = ""
-    for i in range(24):
-        token = http.post("/v1/documents", json=document(i, f"isotope{i}")).json()[
-            "consistency_token"
-        ]
-    http.post("/v1/search", json={"query": "isotope", "consistency_token": token})
-    env = {**up.env, "FRESHRAG_CHUNK_TOKENS": "48", "FRESHRAG_CHUNK_OVERLAP": "8"}
+    total = 60
+    tokens = [
+        http.post("/v1/documents", json=document(i, f"isotope{i}")).json()["consistency_token"]
+        for i in range(total)
+    ]
+    for token in tokens:  # a token covers its own partition: wait for each write
+        http.post("/v1/search", json={"query": "isotope", "consistency_token": token})
+    # One ingest step takes up to 4 x embed batch size records, and watermarks advance per step:
+    # by default (256 records) the whole backlog can be one step: nothing is "in the middle".
+    env = {
+        **up.env,
+        "FRESHRAG_CHUNK_TOKENS": "48",
+        "FRESHRAG_CHUNK_OVERLAP": "8",
+        "FRESHRAG_EMBED_BATCH_SIZE": "1",
+    }
     args = [sys.executable, "-m", "freshrag.cli", "reindex", "-r", str(tmp_path / "recovery")]
     index = Path(up.env["FRESHRAG_INDEX_PATH"])
     topic = up.env["FRESHRAG_TOPIC"]
@@ -223,7 +231,7 @@ def test_a_killed_reindex_resumes_and_the_result_verifies_clean(
         first.send_signal(signal.SIGKILL)
         first.wait(30)
     partial = indexed()
-    assert 0 < partial < 24, partial  # killed in the middle, not after the end
+    assert 0 < partial < total, partial  # killed in the middle, not after the end
     assert "freshrag-g" not in http.post("/v1/search", json={"query": "isotope"}).text
 
     second = freshrag(env, *args[3:])
