@@ -6,6 +6,7 @@ Events go through the real native path (`upsert_event`/`delete_event` -> `encode
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 
 from freshrag.ingest.drift import (
     DocKey,
+    Drift,
     IndexedChunk,
     compare,
     layout_problem,
@@ -24,6 +26,7 @@ from freshrag.ingest.events import (
     ChangeEvent,
     DeadLetter,
     Delete,
+    Ignored,
     RawRecord,
     RecordOrigin,
     Upsert,
@@ -43,7 +46,7 @@ def parsed(event: dict[str, Any], offset: int, partition: int = 0) -> ChangeEven
     key, value = encode_event(event)
     origin = RecordOrigin(TOPIC, partition, offset, BASE_MS + offset)
     out = parse_record(RawRecord(key, value, origin))
-    assert not isinstance(out, DeadLetter), out
+    assert not isinstance(out, DeadLetter | Ignored), out
     return out
 
 
@@ -58,6 +61,27 @@ def log_of(ops: Sequence[tuple[int, str, int | None]]) -> list[ChangeEvent]:
             body = delete_event(doc, tenant=tenant, version=version)
         events.append(parsed(body, offset))
     return events
+
+
+def replayed(repair: Sequence[dict[str, Any]], offset: int) -> list[ChangeEvent]:
+    """A repair's records as the flow reads them: each replay under its replay key, then the
+    tombstone of that key (which must parse to `Ignored`, never to a delete)."""
+    out: list[ChangeEvent] = []
+    for event in repair:
+        key, _ = encode_event(event)
+        assert json.loads(key)["replay"] is True
+        out.append(parsed(event, offset))
+        cleared = parse_record(RawRecord(key, None, RecordOrigin(TOPIC, 0, offset + 1, BASE_MS)))
+        assert isinstance(cleared, Ignored), cleared
+        offset += 2
+    return out
+
+
+def content(event: ChangeEvent | None) -> tuple[Any, ...]:
+    """What the index must hold for a winner: nothing for a delete (or no event)."""
+    if not isinstance(event, Upsert):
+        return ("absent",)
+    return ("live", event.version, event.title, event.text, event.acl)
 
 
 def chunks_of(event: Upsert) -> int:
@@ -225,9 +249,9 @@ def test_layout_problems_are_named() -> None:
 def test_the_gate_takes_every_repair_replay_and_it_becomes_the_winner(
     ops: list[tuple[int, str, int | None]], data: st.DataObject
 ) -> None:
-    """A re-produced upsert passes the version gate even when the gate already applied the same
-    explicit version (it is preceded by a version-less delete), and afterwards the source's
-    winner is the replay, with the original's version and content."""
+    """A repair's replay passes the version gate even when the gate already applied the same
+    explicit version, and afterwards the source's winner is the replay, with the original's
+    version and content."""
     events = log_of(ops)
     winners = winning_events(events)
     index = consistent_index(winners)
@@ -238,7 +262,7 @@ def test_the_gate_takes_every_repair_replay_and_it_becomes_the_winner(
         if isinstance(event, Delete) and data.draw(st.booleans()):
             index[key] = [IndexedChunk(ChunkLayout(1, 0, 0, 1), 0, TOPIC)]
     report = compare(winners, index, topic=TOPIC)
-    replay = [parsed(e, len(events) + i) for i, e in enumerate(repair_events(report.drift))]
+    replay = replayed(repair_events(report.drift), len(events))
     after = winning_events([*events, *replay])
     for d in report.drift:
         key = (d.tenant, d.doc_id)
@@ -255,7 +279,68 @@ def test_the_gate_takes_every_repair_replay_and_it_becomes_the_winner(
 
 
 def test_a_bare_same_version_replay_would_be_dropped_by_the_gate() -> None:
-    """Why repair sends a delete first: without it the gate takes the replay for a duplicate."""
+    """Why repair marks its replays: without the mark the gate takes one for a duplicate."""
     events = log_of([(0, "up", 5)])
     again = parsed(upsert_event("a", "a text 0", tenant="default", version=5), 1)
     assert winning_events([*events, again])[("default", "a")].origin.offset == 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(ops=ops_strategy, live=ops_strategy, data=st.data())
+def test_a_repair_never_undoes_a_write_that_lands_before_it(
+    ops: list[tuple[int, str, int | None]],
+    live: list[tuple[int, str, int | None]],
+    data: st.DataObject,
+) -> None:
+    """The race of a repair with live writers: verify reads the log and the index, then live
+    events (any documents, any versions, deletes with and without a version) land before the
+    repair's records. Whatever the interleaving, every document ends exactly as if the repair
+    had not been sent, but for drifted documents nobody touched, which end as the source says."""
+    events = log_of(ops)
+    winners = winning_events(events)
+    index = consistent_index(winners)
+    for key in list(index):
+        if data.draw(st.booleans()):
+            del index[key]  # missing
+        elif data.draw(st.booleans()):
+            index[key] = index[key][:-1] or [  # stale: a chunk lacking, or an older version
+                IndexedChunk(ChunkLayout(0, 0, 0, 1), 0, TOPIC)
+            ]
+    for key, event in winners.items():
+        if isinstance(event, Delete) and data.draw(st.booleans()):
+            index[key] = [IndexedChunk(ChunkLayout(9, 0, 0, 1), 0, TOPIC)]  # deleted
+    report = compare(winners, index, topic=TOPIC)
+    later = [
+        parsed(
+            upsert_event(DOCS[d][1], f"live {i}", tenant=DOCS[d][0], version=v)
+            if op == "up"
+            else delete_event(DOCS[d][1], tenant=DOCS[d][0], version=v),
+            len(events) + i,
+        )
+        for i, (d, op, v) in enumerate(live)
+    ]
+    repair = replayed(repair_events(report.drift), len(events) + len(later))
+    without = winning_events([*events, *later])
+    repaired = winning_events([*events, *later, *repair])
+    touched = {(e.tenant, e.doc_id) for e in later}
+    for key in set(without) | set(repaired) | {(d.tenant, d.doc_id) for d in report.drift}:
+        if key in touched or key not in {(d.tenant, d.doc_id) for d in report.drift}:
+            assert content(repaired.get(key)) == content(without.get(key)), key
+        else:
+            assert content(repaired.get(key)) == content(winners.get(key)), key
+            assert repaired[key].origin.offset >= len(events) + len(later), "not re-applied"
+
+
+def test_the_old_repair_undid_a_newer_write_that_raced_it() -> None:
+    """The control: a version-less delete plus a bare replay (the repair before replay marks)
+    deletes version 6 when it lands between verify and the repair."""
+    events = log_of([(0, "up", 5)])
+    newer = parsed(upsert_event("a", "v6", tenant="default", version=6), 1)
+    old_repair = [
+        parsed(delete_event("a", tenant="default"), 2),
+        parsed(upsert_event("a", "a text 0", tenant="default", version=5), 3),
+    ]
+    assert content(winning_events([*events, newer, *old_repair])[("default", "a")]) == ("absent",)
+    missing = Drift("missing", "default", "a", "not indexed", events[0])
+    fixed = winning_events([*events, newer, *replayed(repair_events([missing]), 2)])
+    assert content(fixed[("default", "a")])[:2] == ("live", 6)

@@ -284,3 +284,30 @@ def test_a_title_change_or_a_newer_index_is_not_a_patch() -> None:
     assert retitled.chunks_embedded > 0  # the title is in every chunk's embedded context
     older = indexer.process([moved(up("m", 4, MANUAL), 3, metadata={"x": 1})])
     assert older.patched == 0 and older.writes == [] and older.skipped
+
+
+def test_a_repair_replay_is_rewritten_in_full_whatever_the_index_holds() -> None:
+    """A replay exists because the index is wrong: never skipped as complete, never patched,
+    and an index ahead of its source (a newer version) is deleted before the rewrite."""
+    held = {("t", "a"): complete(5, 1), ("t", "ahead"): complete(9, 3)}
+    dense = FakeDense()
+    indexer = DocumentIndexer(dense, FakeSparse(), ChunkingConfig(), layouts=layouts_of(held))
+    result = indexer.process(
+        [replace(up("a", 5), replay=True), replace(up("ahead", 3, "other words"), replay=True)]
+    )
+    assert not result.skipped and result.patched == 0
+    kinds = [
+        (type(w).__name__, w.event.doc_id, len(getattr(w, "points", []))) for w in result.writes
+    ]
+    assert ("WriteDelete", "ahead", 0) in kinds
+    assert [k for k in kinds if k[0] == "WriteUpsert"] == [
+        ("WriteUpsert", "a", 1),
+        ("WriteUpsert", "ahead", 1),
+    ]
+    delete = next(w for w in result.writes if isinstance(w, WriteDelete))
+    assert delete.event.version is None  # all of it, the newer version included
+    assert kinds.index(("WriteDelete", "ahead", 0)) < kinds.index(("WriteUpsert", "ahead", 1))
+    assert dense.calls == [2]
+    # the same events without the mark: "a" is complete (skipped), "ahead" is stale
+    plain = indexer.process([up("a", 5), up("ahead", 3)])
+    assert sorted(e.doc_id for e in plain.skipped) == ["a", "ahead"]

@@ -167,3 +167,32 @@ def test_replaying_any_suffix_after_the_full_stream_changes_nothing(
     for start in range(len(stream)):
         _, again = run(stream[start:], state)
         assert again == []
+
+
+def test_a_replayed_upsert_applies_only_while_its_record_is_the_last_applied() -> None:
+    """verify --repair re-sends the winner (offset 1) at its own version: applied, and twice."""
+    state, _ = run([up(5, 1)])
+    state, applied = run([up(5, 9, replay=True, replay_of=1)], state)
+    assert len(applied) == 1 and state is not None and state["t"][:3] == (5, 1, False)
+    state, applied = run([up(5, 11, replay=True, replay_of=1)], state)  # a second repair
+    assert len(applied) == 1
+    # a newer version, a delete, or another record of the same version landed first: dropped
+    for since in (up(6, 3), delete(None, 3), up(5, 3, explicit_version=False)):
+        after, _ = run([up(5, 1), since])
+        _, applied = run([up(5, 9, replay=True, replay_of=1)], after)
+        assert applied == [], since
+    _, bare = run([up(5, 9)], state)  # without the mark: a duplicate
+    assert bare == []
+
+
+def test_a_replayed_delete_applies_only_to_a_deleted_document_and_moves_no_bar() -> None:
+    state, _ = run([up(5, 1), delete(None, 2)])
+    state, applied = run([delete(9, 8, replay=True)], state)
+    assert len(applied) == 1 and state is not None and state["t"][:3] == (5, 8, True)
+    _, recreated = run([up(6, 9)], state)  # the replay's ceiling 9 is no bar
+    assert len(recreated) == 1
+    live, _ = run([up(5, 1), delete(None, 2), up(6, 3)])  # re-created before the repair
+    _, applied = run([delete(9, 8, replay=True)], live)
+    assert applied == []
+    state, applied = run([delete(9, 8, replay=True)])  # unknown here: stale points go
+    assert len(applied) == 1 and state is not None and state["t"][:3] == (0, 8, True)

@@ -16,12 +16,14 @@ from freshrag.ingest.events import (
     Delete,
     DocumentKey,
     EventError,
+    Ignored,
     RawRecord,
     RecordOrigin,
     document_key,
     encode_event,
     parse_key,
     parse_record,
+    replay_key,
     upsert_event,
 )
 from freshrag.ingest.producer import partition_for
@@ -162,3 +164,45 @@ def test_the_partition_is_chosen_by_the_document_id(doc_id: str, partitions: int
     assert 0 <= part < partitions
     assert part == zlib.crc32(doc_id.encode()) % partitions
     assert json.loads(document_key("acme", doc_id))["id"] == doc_id
+
+
+@given(tenants, doc_ids, mappings)
+def test_a_replay_key_names_the_document_and_its_tombstone_deletes_nothing(
+    tenant: str, doc_id: str, mapping: DebeziumMapping
+) -> None:
+    """A repair writes its replay under a key of its own (so compaction never drops the
+    document's real events for it) and clears that key with a tombstone: the tombstone must
+    never read as a delete of the document, whatever the Debezium mapping."""
+    key = replay_key(tenant, doc_id)
+    assert key != document_key(tenant, doc_id)
+    assert parse_key(key, mapping) == DocumentKey(tenant, doc_id, True, replay=True)
+    cleared = parse_record(RawRecord(key, None, ORIGIN), mapping=mapping)
+    assert isinstance(cleared, Ignored)
+    replay = {**upsert_event(doc_id, "t", tenant=tenant, version=3), "replay": True}
+    encoded_key, _ = encode_event({**replay, "replay_of": 7})
+    assert encoded_key == key
+    assert partition_for(doc_id, 12) == partition_for(json.loads(key)["id"], 12)
+
+
+@pytest.mark.parametrize(
+    ("extra", "error_class"),
+    [
+        ({"replay": "yes"}, "WrongType"),
+        ({"replay": True}, "MissingField"),  # an upsert replay names the record it replays
+        ({"replay": True, "replay_of": -1}, "WrongType"),
+        ({"replay": True, "replay_of": True}, "WrongType"),
+        ({"replay_of": 4}, "WrongType"),  # only with "replay": true
+    ],
+)
+def test_malformed_replays_are_dead_lettered(extra: dict[str, object], error_class: str) -> None:
+    body = {**upsert_event("a", "t", version=3), **extra}
+    out = parse_record(RawRecord(b"a", json.dumps(body).encode(), ORIGIN))
+    assert getattr(out, "error_class", None) == error_class, out
+
+
+def test_a_replayed_delete_needs_its_version() -> None:
+    body = {"op": "delete", "id": "a", "replay": True}
+    out = parse_record(RawRecord(b"a", json.dumps(body).encode(), ORIGIN))
+    assert getattr(out, "error_class", None) == "MissingField"
+    ok = parse_record(RawRecord(b"a", json.dumps({**body, "version": 4}).encode(), ORIGIN))
+    assert isinstance(ok, Delete) and ok.replay and ok.version == 4

@@ -16,8 +16,8 @@ count). A document is
   watermark of its partition, the index holds a point written from past the end of what was
   read, or a record of it arrived while verify ran).
 
-`repair_events` turns the drift into the native events that make the running ingest fix it
-through its normal path (see its doc for why a re-upsert is preceded by a version-less delete).
+`repair_events` turns the drift into the replay events that make the running ingest fix it
+through its normal path, without undoing a write that lands meanwhile (see its doc).
 
 No Kafka or Qdrant client is imported here; `verify` is the thin adapter that reads both sides.
 """
@@ -25,7 +25,7 @@ No Kafka or Qdrant client is imported here; `verify` is the thin adapter that re
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from freshrag.ingest.events import ChangeEvent, Delete, Upsert, delete_event, native_event
@@ -266,17 +266,26 @@ def _in_flight(
 
 
 def repair_events(drift: Iterable[Drift]) -> list[dict[str, Any]]:
-    """Native events that make the running ingest fix `drift` through its normal path.
+    """Replay events (`"replay": true`) that make the running ingest fix `drift` through its
+    normal path, one per document.
 
-    deleted: a version-less delete (removes whatever is indexed). missing/stale: a version-less
-    delete, then the winning event again. The delete is what lets the gate take the replay: a
-    record of the same explicit version as the last applied one is a duplicate to the gate
-    (`ordering.is_after`), but after a delete it is a re-create and is written in full. Being the
-    newest events of their key, the pair is then the source's winner, so the topic, compacted or
-    not, keeps saying what the index holds."""
+    missing/stale: the winning event again, naming the record it replays. The gate applies it at
+    the version it already applied (a bare re-sent record of that version would be a duplicate
+    to it), so the document is rewritten in full, but only while that record is still the last
+    one applied: not once a newer version, a delete or another record of the version has been.
+    deleted: a replayed delete of the points up to the highest version the index holds (or the
+    source's delete names), which the gate applies only while the document is deleted or unknown
+    to it: a re-create that lands meanwhile stays. (`ordering.is_after` has the rules.)"""
     out: list[dict[str, Any]] = []
     for d in drift:
-        out.append(delete_event(d.doc_id, tenant=d.tenant))
         if d.category != "deleted" and isinstance(d.source, Upsert):
-            out.append(native_event(d.source))
+            # a replay of a replay names the record the first one stood for
+            of = d.source.replay_of if d.source.replay else d.source.origin.offset
+            out.append(native_event(replace(d.source, replay=True, replay_of=of)))
+            continue
+        versions = list(d.indexed_versions)
+        if isinstance(d.source, Delete) and d.source.version is not None:
+            versions.append(d.source.version)
+        bar = max(versions, default=0)
+        out.append({**delete_event(d.doc_id, tenant=d.tenant, version=bar), "replay": True})
     return out

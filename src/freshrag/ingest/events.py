@@ -5,6 +5,12 @@ gives the same event back). Every producer (the API, `freshrag load`) writes eve
 
 Formats read: the native JSON event, Debezium envelopes (with or without the schema/payload
 wrapper), and tombstones (null value = delete by key). See DESIGN.md "Change events".
+
+A native event with `"replay": true` is a repair (`freshrag verify --repair`; an upsert also
+names the offset it replays, `replay_of`): the version gate applies it at an equal version too,
+but never over a write that came after (see `ordering`). Repair writes it under the document's
+*replay key* and then a tombstone of that key, so compaction drops both and the document's own
+key keeps its latest real event; that tombstone parses to `Ignored`, never to a delete.
 """
 
 from __future__ import annotations
@@ -72,6 +78,11 @@ class Upsert:
     # Who may read it: sorted "user:<id>" / "group:<id>" (`core.principals`); ("nobody",) for
     # an `acl` naming no one; None (no `acl`): the whole tenant.
     acl: tuple[str, ...] | None = None
+    # A repair's replay of the source's winning event, the record at offset `replay_of` of the
+    # same partition: the gate applies it at an equal version while that record is the last
+    # one it applied to the document (`ordering.is_after`).
+    replay: bool = False
+    replay_of: int = -1
 
     @property
     def doc_key(self) -> str:
@@ -90,6 +101,9 @@ class Delete:
     origin: RecordOrigin
     tenant_known: bool = True
     row_identity: bool = False
+    # A repair's delete of points the source deleted: applied only while the document is
+    # deleted (or unknown) to the gate, and only up to `version`, so it never removes a newer write.
+    replay: bool = False
 
     @property
     def doc_key(self) -> str:
@@ -97,6 +111,15 @@ class Delete:
 
 
 ChangeEvent = Upsert | Delete
+
+
+@dataclass(frozen=True, slots=True)
+class Ignored:
+    """A record that names no change: the tombstone that clears a repair's replay key. The flow
+    only marks its offset done."""
+
+    origin: RecordOrigin
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,8 +223,9 @@ def native_event(event: ChangeEvent) -> dict[str, Any]:
     """A parsed event as the native event that parses back to it (the record's origin aside;
     an upsert's version is written out, so it reads back as explicit)."""
     if isinstance(event, Delete):
-        return delete_event(event.doc_id, tenant=event.tenant, version=event.version)
-    return upsert_event(
+        deleted = delete_event(event.doc_id, tenant=event.tenant, version=event.version)
+        return {**deleted, "replay": True} if event.replay else deleted
+    native = upsert_event(
         event.doc_id,
         event.text,
         tenant=event.tenant,
@@ -213,13 +237,17 @@ def native_event(event: ChangeEvent) -> dict[str, Any]:
         metadata=dict(event.metadata),
         acl=acl_to_event(event.acl),
     )
+    return {**native, "replay": True, "replay_of": event.replay_of} if event.replay else native
 
 
 def encode_event(event: Mapping[str, Any]) -> tuple[bytes, bytes]:
     """(key, value) of the Kafka record for a native event: the key is `document_key` of the
     event's tenant (the default tenant when it names none) and id, so the compacted topic keeps
-    the latest event of every tenant's document; the value is UTF-8 JSON."""
+    the latest event of every tenant's document (`replay_key` for a repair's replay); the value
+    is UTF-8 JSON."""
     value = json.dumps(event, ensure_ascii=False, default=str).encode()
+    if event.get("replay") is True:
+        return replay_key(event.get("tenant"), event["id"]), value
     return document_key(event.get("tenant"), event["id"]), value
 
 
@@ -235,6 +263,7 @@ class DocumentKey:
     tenant: str
     doc_id: str
     tenant_known: bool = True
+    replay: bool = False  # a repair's replay key (`replay_key`)
 
 
 def document_key(tenant: Any, doc_id: Any) -> bytes:
@@ -252,13 +281,28 @@ def document_key(tenant: Any, doc_id: Any) -> bytes:
     )
 
 
+def replay_key(tenant: Any, doc_id: Any) -> bytes:
+    """The key of a repair's replay of a document: `document_key` plus `"replay":true`. A key of
+    its own, so the replay and the tombstone that follows it never displace the document's own
+    latest event in the compacted topic; same id, so the same partition and the same gate."""
+    key = {
+        "id": doc_id if isinstance(doc_id, str) else str(doc_id),
+        "replay": True,
+        "tenant": DEFAULT_TENANT if tenant is None else str(tenant),
+    }
+    return json.dumps(key, ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode(
+        "utf-8", "surrogatepass"
+    )
+
+
 def parse_key(key: bytes | None, mapping: DebeziumMapping | None = None) -> DocumentKey:
     """The document a record key names, or an EventError. Read in this order:
 
     - a JSON object (a `{"schema":..,"payload":{..}}` wrapper is unwrapped): the id is the
       mapping's id column, else `id` (an integer id becomes its decimal string); the tenant is
       the mapping's tenant column, else `tenant` when the key is exactly freshrag's own
-      `{"id":..,"tenant":..}`; without either the tenant is not known;
+      `{"id":..,"tenant":..}` or a replay key (`replay_key`); without either the tenant is not
+      known;
     - anything else is a legacy bare document id (default tenant, tenant not known)."""
     m = mapping or DebeziumMapping()
     if not key:
@@ -278,6 +322,12 @@ def parse_key(key: bytes | None, mapping: DebeziumMapping | None = None) -> Docu
     if not isinstance(body, dict):
         raise EventError("WrongType", "record key must be a JSON object or a plain id")
     doc_id = _doc_id(body.get(m.id_field, body.get("id")), "key.id", allow_int=True)
+    if (
+        set(body) == {"id", "replay", "tenant"}
+        and body["replay"] is True
+        and isinstance(body["tenant"], str)
+    ):
+        return DocumentKey(_tenant(body["tenant"]), doc_id, replay=True)  # a repair's replay
     if m.tenant_field and body.get(m.tenant_field) is not None:
         return DocumentKey(_tenant(body[m.tenant_field]), doc_id)
     if set(body) == {"id", "tenant"} and isinstance(body["tenant"], str):
@@ -295,8 +345,9 @@ def parse_record(
     record: RawRecord,
     limits: EventLimits | None = None,
     mapping: DebeziumMapping | None = None,
-) -> ChangeEvent | DeadLetter:
-    """Turn one Kafka record into a change event, or a DeadLetter naming what is wrong."""
+) -> ChangeEvent | DeadLetter | Ignored:
+    """Turn one Kafka record into a change event, or a DeadLetter naming what is wrong (or
+    `Ignored`: the tombstone of a repair's replay key)."""
     try:
         return _parse(record, limits or EventLimits(), mapping or DebeziumMapping())
     except EventError as exc:
@@ -309,7 +360,9 @@ def _dead(record: RawRecord, error_class: str, message: str) -> DeadLetter:
     return DeadLetter(record.key, record.value, record.origin, error_class, message, STEP)
 
 
-def _parse(record: RawRecord, limits: EventLimits, mapping: DebeziumMapping) -> ChangeEvent:
+def _parse(
+    record: RawRecord, limits: EventLimits, mapping: DebeziumMapping
+) -> ChangeEvent | Ignored:
     if record.value is None:
         return _tombstone(record, mapping)
     if len(record.value) > limits.max_document_bytes:
@@ -343,11 +396,15 @@ def _from_native(body: dict[str, Any], record: RawRecord) -> ChangeEvent:
         raise EventError("UnknownOp", f"field 'op' must be 'upsert' or 'delete', got {op!r}")
     doc_id = _doc_id(body.get("id"), "id", allow_int=False)
     tenant = _tenant(body.get("tenant"))
+    replay = _replay(body.get("replay"))
     if op == "delete":
         raw_version = body.get("version")
         version = None if raw_version is None else _version(raw_version, record)
-        return Delete(tenant, doc_id, version, record.origin)
+        if replay and version is None:
+            raise EventError("MissingField", "a replayed delete needs the version it deletes up to")
+        return Delete(tenant, doc_id, version, record.origin, replay=replay)
     version = _version(body.get("version"), record)
+    replay_of = _replay_of(body.get("replay_of"), replay)
     content_type = _content_type(body.get("content_type"))
     return Upsert(
         explicit_version=body.get("version") is not None,
@@ -363,7 +420,28 @@ def _from_native(body: dict[str, Any], record: RawRecord) -> ChangeEvent:
         metadata=_with_content_type(_metadata(body.get("metadata")), content_type),
         raw=record,
         acl=_acl(body.get("acl"), "acl"),
+        replay=replay,
+        replay_of=replay_of,
     )
+
+
+def _replay(value: Any) -> bool:
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    raise EventError("WrongType", f"field 'replay' must be a boolean, got {json_kind(value)}")
+
+
+def _replay_of(value: Any, replay: bool) -> int:
+    """The offset of the record a replayed upsert replays (-1: not a replay)."""
+    if not replay:
+        if value is not None:
+            raise EventError("WrongType", "field 'replay_of' is only for a replay ('replay': true)")
+        return -1
+    if value is None:
+        raise EventError("MissingField", "a replayed upsert needs 'replay_of' (an offset)")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
+        raise EventError("WrongType", "field 'replay_of' must be an offset (an integer >= 0)")
+    return value
 
 
 def _debezium_envelope(body: dict[str, Any]) -> dict[str, Any] | None:
@@ -428,14 +506,17 @@ def _from_debezium(env: dict[str, Any], record: RawRecord, m: DebeziumMapping) -
     )
 
 
-def _tombstone(record: RawRecord, m: DebeziumMapping) -> Delete:
+def _tombstone(record: RawRecord, m: DebeziumMapping) -> Delete | Ignored:
     """A null value deletes the document its key names (`parse_key`): freshrag's own key,
-    a Debezium key such as {"id": 42}, or a legacy bare id."""
+    a Debezium key such as {"id": 42}, or a legacy bare id. The tombstone of a replay key only
+    clears a repair's replay from the compacted topic: it deletes nothing."""
     if not record.key:
         raise EventError(
             "MissingKey", "tombstone (null value) without a key cannot name a document"
         )
     key = parse_key(record.key, m)
+    if key.replay:
+        return Ignored(record.origin, "the tombstone of a repair's replay key")
     return Delete(
         key.tenant,
         key.doc_id,

@@ -32,6 +32,7 @@ from freshrag.ingest.events import (
     DebeziumMapping,
     Delete,
     EventLimits,
+    Ignored,
     RecordOrigin,
     parse_record,
 )
@@ -152,11 +153,22 @@ def build_flow(parts: FlowParts, flow_id: str = "freshrag-ingest") -> Dataflow:
     messages = cast(Stream[KafkaSourceMessage[Bytes, Bytes]], consumed.trues)
     consume_dlq = op.map("consume_error", consume_errors, consume_error_to_dead_letter)
 
-    def parse(message: KafkaSourceMessage[Bytes, Bytes]) -> ChangeEvent | DeadLetter:
+    def parse(message: KafkaSourceMessage[Bytes, Bytes]) -> ChangeEvent | DeadLetter | Ignored:
         return parse_record(to_raw_record(message), limits, parts.mapping)
 
     parsed = op.map("parse", messages, parse)
-    split = op.branch("split_parse_errors", parsed, lambda x: not isinstance(x, DeadLetter))
+    ignored_split = op.branch("split_ignored", parsed, lambda x: isinstance(x, Ignored))
+
+    def finish_ignored(ignored: Ignored) -> list[Finished]:
+        metrics.events.labels("tombstone", "ignored").inc()
+        return final(ignored.origin)
+
+    ignored_finished = op.flat_map(
+        "ignored_finished", cast(Stream[Ignored], ignored_split.trues), finish_ignored
+    )
+    split = op.branch(
+        "split_parse_errors", ignored_split.falses, lambda x: not isinstance(x, DeadLetter)
+    )
     events = cast(Stream[ChangeEvent], split.trues)
     parse_dlq = cast(Stream[DeadLetter], split.falses)
 
@@ -284,7 +296,9 @@ def build_flow(parts: FlowParts, flow_id: str = "freshrag-ingest") -> Dataflow:
 
     counted = op.map("count_dead", dead, count_dead)
     dead_finished = op.flat_map("dead_finished", counted, lambda d: final(d.origin))
-    progress = op.merge("progress", read_notices, stale_finished, written_finished, dead_finished)
+    progress = op.merge(
+        "progress", read_notices, ignored_finished, stale_finished, written_finished, dead_finished
+    )
     board = parts.watermarks
 
     def build_owner(resume: PartitionState | None) -> PartitionWatermarkLogic:

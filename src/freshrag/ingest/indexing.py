@@ -245,6 +245,8 @@ class DocumentIndexer:
         version-less event, from the same record). Anything less is rewritten; a complete one
         still gets its cleanup, so a crash between the last chunk and the cleanup converges.
         A newer version in the index means the event is stale: its own replay fixes that one.
+        A repair's replay is rewritten in full (it exists because the index is wrong), after a
+        delete when the index holds a version newer than the source's.
         """
         if self.layouts is None:
             return list(events)
@@ -266,6 +268,11 @@ class DocumentIndexer:
                 planned.append(e)
                 continue
             points = indexed.get((e.tenant, e.doc_id), ())
+            if e.replay:  # a repair: the gate vouched for it, whatever the index holds
+                if any(p.version > e.version for p in points):  # an index ahead of its source
+                    planned.append(Delete(e.tenant, e.doc_id, None, e.origin))
+                planned.append(e)
+                continue
             if any(p.version > e.version for p in points):
                 result.skipped.append(e)
                 continue

@@ -14,7 +14,8 @@ class IngestMetrics:
         self.events = Counter(
             "freshrag_ingest_events",
             "Records by op and outcome: applied, stale (version gate), superseded (newer in the"
-            " same batch), skipped_indexed (index already newer), dead_letter",
+            " same batch), skipped_indexed (index already newer), dead_letter, ignored (the"
+            " tombstone clearing a repair's replay key)",
             ["op", "outcome"],
             registry=r,
         )

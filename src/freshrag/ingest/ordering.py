@@ -18,6 +18,14 @@ tenant the source cannot say (a tombstone keyed by a bare primary key, a Debeziu
 image holding only the key) reaches the tenant the document was indexed under, and a row that
 moves to another tenant leaves the old one. Entries of deleted documents are forgotten after a
 retention period (like Kafka's `delete.retention.ms`), which bounds the state by live documents.
+
+A repair's replay (`replay` on the event, written by `freshrag verify --repair`) re-applies the
+source's winner without ever undoing a write that came after it. A replayed upsert names the
+record it replays (`replay_of`, an offset of the same partition); at an equal version it is
+applied only while that record is still the last one applied to the document, and it is then
+remembered as that record, so a second repair of the same winner is applied too. A replayed
+delete (of points up to its version) is applied only while the document is deleted or unknown
+here, and leaves the version bar where it was.
 """
 
 from __future__ import annotations
@@ -63,9 +71,13 @@ def is_after(event: ChangeEvent, last: Applied | None) -> bool:
     if last is None:
         return True
     version = effective_version(event, last)
+    later = event.origin.offset > last.offset
+    if event.replay and isinstance(event, Delete):
+        return later and last.deleted
     if version != last.version:
         return version > last.version
-    later = event.origin.offset > last.offset
+    if isinstance(event, Upsert) and event.replay:
+        return later and not last.deleted and last.offset == event.replay_of
     if is_explicit(event) and last.explicit:
         return later and isinstance(event, Delete) and not last.deleted
     return later
@@ -131,6 +143,14 @@ def gate(
 
 
 def _applied(event: ChangeEvent, last: Applied | None, now_ms: int) -> Applied:
+    if isinstance(event, Delete) and event.replay:  # removes stale points; moves no bar
+        if last is None:
+            return Applied(0, event.origin.offset, True, now_ms, False, False)
+        return last._replace(offset=event.origin.offset, deleted=True, at_ms=now_ms)
+    if isinstance(event, Upsert) and event.replay:  # it stands for the record it replays
+        row = last is not None and last.row  # written as a native event, still the same row
+        explicit = last.explicit if last is not None else True
+        return Applied(event.version, event.replay_of, False, now_ms, explicit, row)
     return Applied(
         effective_version(event, last),
         event.origin.offset,

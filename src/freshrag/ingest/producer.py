@@ -18,11 +18,11 @@ from __future__ import annotations
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from freshrag.ingest.events import encode_event
+from freshrag.ingest.events import encode_event, parse_key
 
 # how long a topic's partition count is trusted before it is asked again
 PARTITIONS_REFRESH_S = 300.0
@@ -163,6 +163,23 @@ class EventProducer:
         every acknowledgement (up to `flush_s`); returns the count. `on_sent` runs per acknowledged
         event.
         Raises ProduceError when Kafka is unreachable or any event was not acknowledged."""
+
+        def records() -> Iterator[tuple[bytes, bytes | None, int]]:
+            for event in events:
+                key, value = encode_event(event)
+                yield key, value, self._partition(event)
+
+        return self.send_records(records(), on_sent, limit, flush_s)
+
+    def send_records(
+        self,
+        records: Iterable[tuple[bytes, bytes | None, int | None]],
+        on_sent: Callable[[], None] = lambda: None,
+        limit: int | None = None,
+        flush_s: float = 60.0,
+    ) -> int:
+        """`send_many` for ready records: (key, value or None for a tombstone, partition; None
+        for `partition_for` the key's document)."""
         from confluent_kafka import KafkaException
 
         errors: list[str] = []
@@ -178,11 +195,12 @@ class EventProducer:
         except KafkaException as exc:
             raise ProduceError(self.bootstrap, f"unreachable: {exc}") from None
         sent = 0
-        for event in events:
+        for key, value, chosen in records:
             if limit is not None and sent >= limit:
                 break
-            key, value = encode_event(event)
-            partition = self._partition(event)
+            partition = chosen
+            if partition is None:
+                partition = self._partition({"id": parse_key(key).doc_id})
             while True:
                 try:
                     self._producer.produce(

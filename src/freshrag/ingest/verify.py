@@ -34,9 +34,11 @@ from freshrag.ingest.events import (
     DebeziumMapping,
     Delete,
     EventLimits,
+    Ignored,
     RawRecord,
     RecordOrigin,
     Upsert,
+    encode_event,
     parse_record,
 )
 from freshrag.retrieve.contract import Store
@@ -179,7 +181,7 @@ def read_source(
         parsed = parse_record(record, limits, mapping)
         if isinstance(parsed, DeadLetter):
             counts[1] += 1
-        else:
+        elif not isinstance(parsed, Ignored):
             if isinstance(parsed, Upsert):
                 parsed = replace(parsed, raw=None)  # the bytes again, for nothing
             o = record.origin
@@ -214,7 +216,7 @@ def touched_since(
         parsed = parse_record(record, limits, mapping)
         if isinstance(parsed, Delete) and not parsed.tenant_known:
             out.add((None, parsed.doc_id))
-        elif not isinstance(parsed, DeadLetter):
+        elif not isinstance(parsed, DeadLetter | Ignored):
             out.add((parsed.tenant, parsed.doc_id))
 
     later = {p: e for p, e in ends.items() if e > starts.get(p, 0)}
@@ -281,10 +283,14 @@ def repair_drift(
     limits: EventLimits | None = None,
     mapping: DebeziumMapping | None = None,
 ) -> tuple[list[Replayed], list[Drift]]:
-    """Produce `drift.repair_events` of every drifted document, in order: (what was sent, what
-    was left alone). With `read_to` (`Verification.read_to`), a document that received a record
-    since verify read the topic is left alone: a live writer changed it, and a replay after that
-    record could undo it (see the README). The window left is the time this check takes."""
+    """Produce `drift.repair_events` of every drifted document: (what was sent, what was left
+    alone). Each replay goes under the document's replay key to the partition of its winning
+    event (one partition orders a document's records for the gate), followed by the tombstone of
+    that key, so compaction keeps neither and the document's own key keeps its real events.
+
+    The gate never lets a replay undo a write that came after it (`ordering.is_after`). With
+    `read_to` (`Verification.read_to`), a document that received a record since verify read the
+    topic is also left alone and reported: it is changing, so its drift may be gone already."""
     from freshrag.ingest.producer import EventProducer
 
     skipped: list[Drift] = []
@@ -301,15 +307,21 @@ def repair_drift(
         return [], skipped
     producer = EventProducer(bootstrap, topic, linger_ms=5)
     try:
-        producer.send_many(_flatten(plan))
+        producer.send_records(repair_records(plan))
     finally:
         producer.close()
     return plan, skipped
 
 
-def _flatten(plan: Sequence[Replayed]) -> Iterator[dict[str, Any]]:
+def repair_records(plan: Sequence[Replayed]) -> Iterator[tuple[bytes, bytes | None, int | None]]:
+    """(key, value, partition) of each replay, then the tombstone of its replay key."""
     for item in plan:
-        yield from item.events
+        source = item.drift.source
+        partition = source.origin.partition if source is not None else None
+        for event in item.events:
+            key, value = encode_event(event)
+            yield key, value, partition
+            yield key, None, partition
 
 
 def verify_settings(
