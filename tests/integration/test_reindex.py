@@ -150,6 +150,17 @@ def test_reindex_switches_chunk_size_without_a_failed_search_and_rolls_back(
     assert {h["doc_id"] for h in after["hits"]} == {f"doc-{i}" for i in range(7)}
     assert max(len(h["text"]) for h in after["hits"]) < old_longest  # smaller chunks now
 
+    # `freshrag reindex` has exited: `freshrag up` moved its flow to the generation it serves,
+    # so a write after the switch is searchable there, behind its own consistency token
+    later = http.post("/v1/documents", json=document(7, "plutonium")).json()["consistency_token"]
+    found = http.post(
+        "/v1/search", json={"query": "plutonium reactor", "top_k": 50, "consistency_token": later}
+    ).json()
+    assert found.get("index", {}).get("generation") == new_generation, found
+    assert "doc-7" in {h["doc_id"] for h in found["hits"]}
+    assert max(len(h["text"]) for h in found["hits"]) < old_longest
+    assert f"the ingest flow now writes {new_generation}" in up.log.read_text()
+
     listed = freshrag({**env, "COLUMNS": "200"}, "index", "list")
     text = listed.stdout + listed.stderr
     assert listed.returncode == 0 and new_generation in text and "64/8" in text, text
@@ -166,9 +177,21 @@ def test_reindex_switches_chunk_size_without_a_failed_search_and_rolls_back(
         timeout=30,
         what="the roll-back",
     )
-    rolled = http.post("/v1/search", json={"query": "uranium reactor", "top_k": 50}).json()
-    # the old generation was kept current by `freshrag up` (it still writes its own settings)
-    assert "doc-6" in {h["doc_id"] for h in rolled["hits"]}
+    # the flow moved back and resumed the old generation from its own snapshots: it holds the
+    # write made during the build, and the one made while the new generation served
+    http.post("/v1/documents", json=document(8, "radium"))
+
+    def rolled_hits() -> dict[str, Any]:
+        return http.post("/v1/search", json={"query": "uranium reactor", "top_k": 50}).json()
+
+    wait_for(
+        lambda: {"doc-6", "doc-7", "doc-8"} <= {h["doc_id"] for h in rolled_hits()["hits"]},
+        timeout=120,
+        what="the old generation to catch up after the roll-back",
+        show=lambda: sorted({h["doc_id"] for h in rolled_hits()["hits"]}),
+    )
+    rolled = rolled_hits()
+    assert rolled["index"]["generation"] == old_generation
     assert max(len(h["text"]) for h in rolled["hits"]) >= old_longest * 0.9
 
     bad = freshrag(env, "index", "switch", "freshrag-gnothere")
