@@ -683,10 +683,18 @@ def reindex(
         Path, typer.Option("-r", "--recovery-directory", help="base recovery directory")
     ] = Path(".run/recovery"),
     topic_partitions: Annotated[int, typer.Option()] = 4,
+    break_lock: Annotated[
+        bool,
+        typer.Option(
+            "--break-lock",
+            help="take the index's build lock from another run you know is dead (server)",
+        ),
+    ] = False,
 ) -> None:
     """Build a new index generation with the current settings (model, chunking) from the
     compacted topic while the current one serves, then switch readers to it atomically.
-    Resumable: run it again after a crash. Roll back with `freshrag index switch`."""
+    Resumable: run it again after a crash. Roll back with `freshrag index switch`.
+    One run per index at a time: a second one exits with code 2 and names the holder."""
     import signal
     import threading
 
@@ -719,6 +727,7 @@ def reindex(
                 timeout_s=timeout,
                 stop=stop,
                 progress=advance,
+                break_lock=break_lock,
             )
     except ReindexError as exc:
         raise fail(str(exc), exc.exit_code) from None

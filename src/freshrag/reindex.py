@@ -26,7 +26,20 @@ from freshrag.core.settings import Settings
 from freshrag.core.sparse import Bm25Encoder
 from freshrag.ingest.flow import FlowParts, build_flow
 from freshrag.ingest.metrics import IngestMetrics
-from freshrag.ingest.runner import FlowThread, IngestConfigError, IngestOptions, open_index_writer
+from freshrag.ingest.runner import (
+    FlowThread,
+    IngestConfigError,
+    IngestOptions,
+    open_index_writer,
+    recovery_for,
+)
+from freshrag.retrieve.catalog import (
+    BuildLock,
+    BuildLockHeld,
+    BuildLockLost,
+    LockHolder,
+    build_lock,
+)
 from freshrag.retrieve.contract import EVERYONE, ChunkPoint, SparseVector, Store, text_hash
 from freshrag.retrieve.generations import IndexManifest, differences, generation_name, manifest_for
 from freshrag.retrieve.stores import open_catalog
@@ -230,9 +243,14 @@ def run_reindex(
     stop: threading.Event | None = None,
     progress: Callable[[int, int], None] | None = None,
     end_offsets: Callable[[], Mapping[int, int]] | None = None,
+    break_lock: bool = False,
 ) -> ReindexOutcome:
     """Build (or resume) the generation of `settings`, wait until it has caught up, gate it,
-    switch readers to it; with `follow`, keep ingesting it until `stop` is set."""
+    switch readers to it; with `follow`, keep ingesting it until `stop` is set.
+
+    The index's build lock (`retrieve.catalog`) is held from before anything is written until
+    the end: a second run is refused (exit code 2) while the first lives; `break_lock` takes it
+    anyway."""
     from freshrag.ingest.kafka_io import ensure_event_topics
 
     started = time.monotonic()
@@ -240,6 +258,7 @@ def run_reindex(
     embedder = Embedder.from_settings(settings)
     manifest = manifest_for(settings, int(embedder.dimension))
     catalog = open_catalog(settings)
+    lock: BuildLock | None = None
     try:
         previous = catalog.serving()
         old = catalog.read_manifest(previous) if catalog.exists(previous) else None
@@ -255,6 +274,13 @@ def run_reindex(
                 "process, and after the switch `freshrag up` must open it to serve it. Restart "
                 "`freshrag up` with the new settings to keep it current."
             )
+        recovery = recovery_for(opts, settings, target).recovery_dir
+        lock = build_lock(catalog, LockHolder.here(target, recovery))
+        try:
+            lock.acquire(break_lock=break_lock)
+        except BuildLockHeld as exc:
+            lock = None
+            raise ReindexError(str(exc), exit_code=2) from None
         ensure_event_topics(settings, opts.topic_partitions)
         probe = None if end_offsets is not None else _EndOffsets(settings)
         ends_of = end_offsets or probe.ends  # type: ignore[union-attr]
@@ -262,6 +288,11 @@ def run_reindex(
             store, run_opts, name = open_index_writer(settings, embedder, opts, target)
         except IngestConfigError as exc:
             raise ReindexError(str(exc)) from None
+        except RuntimeError as exc:
+            if settings.qdrant_url:
+                raise
+            # Edge: the shard is open in another process (`freshrag up` with these settings)
+            raise ReindexError(f"cannot open the generation {target}: {exc}", 2) from None
         resumed_at = sum(store.load_watermarks(settings.topic).values())
         source, note = _copy_payloads(settings, previous, old, manifest, store, embedder, progress)
         parts = FlowParts(
@@ -279,7 +310,7 @@ def run_reindex(
         switched = False
         quality: dict[str, float] = {}
         try:
-            _wait_caught_up(parts, flow, ends_of, max_lag, stop, timeout_s, progress)
+            _wait_caught_up(parts, flow, ends_of, max_lag, stop, timeout_s, progress, lock.check)
             if golden is not None:
                 quality = quality_gate(settings, golden, old, manifest, embedder)
                 refusal = gate_refusal(quality)
@@ -287,8 +318,11 @@ def run_reindex(
                     raise ReindexError(refusal, exit_code=3)
                 if refusal is not None:
                     log.warning("%s; switching anyway (--force)", refusal)
-                _wait_caught_up(parts, flow, ends_of, max_lag, stop, timeout_s, progress)
+                _wait_caught_up(
+                    parts, flow, ends_of, max_lag, stop, timeout_s, progress, lock.check
+                )
             if switch:
+                lock.check(fresh=True)  # never switch when another run took over the build
                 publisher.stop()  # readers see this generation's final watermarks first
                 publisher = WatermarkPublisher(store, settings.topic, parts.watermarks.snapshot)
                 publisher.start()
@@ -297,6 +331,7 @@ def run_reindex(
                 log.info("re-index: readers now use %s (was %s)", name, previous)
             if follow:
                 while not stop.wait(0.5):
+                    lock.check()
                     if not flow.alive():
                         raise ReindexError("the ingest dataflow of the new generation failed")
         finally:
@@ -317,7 +352,11 @@ def run_reindex(
             note=note,
             resumed_at=resumed_at,
         )
+    except BuildLockLost as exc:
+        raise ReindexError(str(exc), exit_code=2) from None
     finally:
+        if lock is not None:
+            lock.release()
         catalog.close()
 
 
@@ -363,9 +402,11 @@ def _wait_caught_up(
     stop: threading.Event,
     timeout_s: float | None,
     progress: Callable[[int, int], None] | None,
+    check: Callable[[], None] = lambda: None,
 ) -> None:
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     while True:
+        check()  # BuildLockLost: another run took the build lock over
         if not flow.alive():
             raise ReindexError("the ingest dataflow of the new generation failed (see the log)")
         if stop.is_set():

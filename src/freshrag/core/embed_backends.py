@@ -52,6 +52,7 @@ from pydantic import SecretStr
 # Defined in embed_errors (importable by pure modules), re-exported here.
 from freshrag.core.embed_errors import BackendError as BackendError
 from freshrag.core.embed_errors import BackendUnavailableError as BackendUnavailableError
+from freshrag.core.processes import pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -217,16 +218,6 @@ def check_entry(entry: Path) -> str | None:
     return None
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _sweep_temp_dirs(cache_dir: Path) -> None:
     """Remove temporary export directories left by processes that died (kill -9)."""
     for tmp in cache_dir.glob(".tmp-*"):
@@ -235,7 +226,7 @@ def _sweep_temp_dirs(cache_dir: Path) -> None:
             pid = int(parts[1])
         except (IndexError, ValueError):
             continue
-        if not _pid_alive(pid):
+        if not pid_alive(pid):
             log.info("removing %s, left by an export that did not finish (pid %d)", tmp, pid)
             shutil.rmtree(tmp, ignore_errors=True)
     for trash in cache_dir.glob(".trash-*"):
