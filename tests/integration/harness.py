@@ -724,3 +724,22 @@ def verify_cli(
     )
     assert proc.returncode in (0, 1), f"verify failed ({proc.returncode}):\n{proc.stderr[-3000:]}"
     return proc.returncode, json.loads(proc.stdout)
+
+
+def launch_chromium(pw: Any) -> Any:
+    """The system Chromium under Playwright, headless, with nothing that reaches the network."""
+    import shutil
+
+    return pw.chromium.launch(
+        executable_path=shutil.which("chromium") or "/usr/bin/chromium",
+        headless=True,
+        args=[
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ],
+    )

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import shutil
 import time
 import uuid
 from collections.abc import Iterator
@@ -31,7 +30,7 @@ from freshrag.ingest.runner import WatermarkPublisher
 from freshrag.ingest.searchable import BUCKET_RATIO, freshness_channel
 from freshrag.retrieve.edge_store import EdgeStore
 from tests.conftest import ROOT, free_port
-from tests.integration.harness import ApiServer, RunningFlow, wait_for
+from tests.integration.harness import ApiServer, RunningFlow, launch_chromium, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.kafka, pytest.mark.llm]
 
@@ -377,14 +376,9 @@ ARTIFACTS = ROOT / "tests" / "artifacts"
 def test_web_page_shows_the_freshness_panel(stack: Stack) -> None:
     from playwright.sync_api import expect, sync_playwright
 
-    chromium = shutil.which("chromium") or "/usr/bin/chromium"
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=chromium,
-            headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-sync"],
-        )
+        browser = launch_chromium(pw)
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.goto(stack.url + "/")
         expect(page.locator("#freshNote")).to_contain_text("enter an API key", timeout=15_000)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -18,7 +17,7 @@ import httpx
 import pytest
 
 from tests.conftest import ROOT, free_port
-from tests.integration.harness import event, produce, wait_for
+from tests.integration.harness import event, launch_chromium, produce, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.kafka, pytest.mark.llm, pytest.mark.slow]
 
@@ -127,22 +126,9 @@ def test_read_your_writes_on_the_first_call(up: UpProcess) -> None:
 def test_web_page_add_document_and_get_cited_answer(up: UpProcess) -> None:
     from playwright.sync_api import expect, sync_playwright
 
-    chromium = shutil.which("chromium") or "/usr/bin/chromium"
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=chromium,
-            headless=True,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-            ],
-        )
+        browser = launch_chromium(pw)
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.goto(up.url + "/")
         page.fill("#apiKey", KEY)
@@ -199,14 +185,9 @@ def test_web_page_renders_a_hostile_document_inert(up: UpProcess) -> None:
     )
     assert r.json()["hits"][0]["doc_id"] == HOSTILE["id"]
 
-    chromium = shutil.which("chromium") or "/usr/bin/chromium"
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=chromium,
-            headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-sync"],
-        )
+        browser = launch_chromium(pw)
         context = browser.new_context(viewport={"width": 1280, "height": 900})
         page = context.new_page()
         dialogs: list[str] = []
