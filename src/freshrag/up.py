@@ -114,7 +114,15 @@ class GenerationWriter:
                 return
             previous = self.generation
             if self.flow is not None:
-                self.flow.stop()
+                self.flow.stop(timeout=self.base_settings.stop_drain_s + 60)
+                if self.flow.thread.is_alive():  # never two flows on one recovery store
+                    log.error(
+                        "the ingest flow of %s did not stop; it is not moved to %s (restart "
+                        "freshrag up)",
+                        previous,
+                        generation.name,
+                    )
+                    return
             self.start(generation.store, generation.name, settings, embedder)
             log.info(
                 "the ingest flow now writes %s, the generation readers use (was %s)",
@@ -211,8 +219,6 @@ def run_up(settings: Settings, opts: IngestOptions) -> None:
     services.flow_alive = writer.alive
     services.searchable = metrics.searchable  # produce → searchable latency (/v1/freshness)
     serving = services.serving
-    if serving is not None:
-        serving.on_switch = lambda _name: writer.follow(serving.current())
     app = create_app(settings, services)
     server = uvicorn.Server(
         uvicorn.Config(app, host=settings.api_host, port=settings.api_port, log_level="info")
@@ -221,7 +227,10 @@ def run_up(settings: Settings, opts: IngestOptions) -> None:
     # handler: make that one a no-op so the flow and the shard still shut down cleanly below.
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, _frame: log.info("signal %s: shutting down", signum))
-    writer.start(store, generation, settings, embedder)  # readers elsewhere: moved at the 1st poll
+    writer.start(store, generation, settings, embedder)
+    if serving is not None:  # from now on the flow follows the readers' generation
+        serving.on_switch = lambda _name: writer.follow(serving.current())
+        writer.follow(serving.current())  # a switch before this line, or a restart after one
     optimizer = edge_auto_optimizer(settings, store)
     log.info(
         "freshrag up: API http://%s:%s (docs /docs), topic %s, index %s generation %s",

@@ -196,3 +196,11 @@ def test_a_replayed_delete_applies_only_to_a_deleted_document_and_moves_no_bar()
     assert applied == []
     state, applied = run([delete(9, 8, replay=True)])  # unknown here: stale points go
     assert len(applied) == 1 and state is not None and state["t"][:3] == (0, 8, True)
+
+
+def test_a_replay_whose_record_was_compacted_behind_a_delete_stays_dropped() -> None:
+    """Compaction removed the replayed upsert (offset 1) but kept the tombstone after it and the
+    replay: a reader starting on that log must not bring the document back."""
+    state, applied = run([delete(None, 2), up(5, 9, replay=True, replay_of=1)])
+    assert [type(e).__name__ for e in applied] == ["Delete"]
+    assert state is not None and state["t"].deleted

@@ -85,6 +85,7 @@ class Drift:
     reason: str
     source: ChangeEvent | None  # the winning event (None: the source holds nothing of it)
     indexed_versions: tuple[int, ...] = ()
+    indexed_partition: int = -1  # the partition the index says its points came from (-1: unknown)
 
     def as_dict(self) -> dict[str, Any]:
         src = self.source
@@ -226,7 +227,8 @@ def compare(
                 if win is not None
                 else "no event at the source (deleted and compacted away, or never there)"
             )
-            report.drift.append(Drift("deleted", *key, reason, win, versions))
+            partition = max((p.partition for p in points), default=-1)
+            report.drift.append(Drift("deleted", *key, reason, win, versions, partition))
     return report
 
 

@@ -21,9 +21,11 @@ retention period (like Kafka's `delete.retention.ms`), which bounds the state by
 
 A repair's replay (`replay` on the event, written by `freshrag verify --repair`) re-applies the
 source's winner without ever undoing a write that came after it. A replayed upsert names the
-record it replays (`replay_of`, an offset of the same partition); at an equal version it is
-applied only while that record is still the last one applied to the document, and it is then
-remembered as that record, so a second repair of the same winner is applied too. A replayed
+record it replays (`replay_of`, an offset of the same partition); it is dropped once a record
+after that one has been applied (even an older version: a compacted log can lose the replayed
+record but keep a delete after it), at an equal version it is applied only while that record is
+still the last one applied, and it is then remembered as that record, so a second repair of the
+same winner is applied too. A replayed
 delete (of points up to its version) is applied only while the document is deleted or unknown
 here, and leaves the version bar where it was.
 """
@@ -74,6 +76,8 @@ def is_after(event: ChangeEvent, last: Applied | None) -> bool:
     later = event.origin.offset > last.offset
     if event.replay and isinstance(event, Delete):
         return later and last.deleted
+    if isinstance(event, Upsert) and event.replay and last.offset > event.replay_of:
+        return False  # a record after the replayed one was applied: the replay is outdated
     if version != last.version:
         return version > last.version
     if isinstance(event, Upsert) and event.replay:

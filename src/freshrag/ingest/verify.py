@@ -317,7 +317,11 @@ def repair_records(plan: Sequence[Replayed]) -> Iterator[tuple[bytes, bytes | No
     """(key, value, partition) of each replay, then the tombstone of its replay key."""
     for item in plan:
         source = item.drift.source
-        partition = source.origin.partition if source is not None else None
+        partition: int | None = None  # the producer's own choice (`partition_for` the id)
+        if source is not None:
+            partition = source.origin.partition
+        elif item.drift.indexed_partition >= 0:  # the source holds nothing: where it came from
+            partition = item.drift.indexed_partition
         for event in item.events:
             key, value = encode_event(event)
             yield key, value, partition
